@@ -1,0 +1,40 @@
+"""`tart` console script: one subcommand per stage, each dispatched lazily.
+
+Heavy libraries (torch, ray, transformers) are imported only by the stage that runs,
+so `tart --help` is instant. Every stage module exposes `main(argv) -> int`, which
+is also what `python -m jobs.<stage>` calls for `ray job submit`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STAGES = {
+    "generate": ("pipeline.generate", "write synthetic episodes as Parquet shards (Ray tasks)"),
+    "train": ("pipeline.train", "train the reasoner with Ray Train (DDP on CPU or GPU)"),
+    "eval-synthetic": ("pipeline.synthetic_eval", "score a reasoner on held-out synthetic episodes"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: tart <stage> [options]   (tart <stage> --help for its options)", "", "stages:"]
+    lines += [f"  {name:<15} {desc}" for name, (_, desc) in STAGES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"tart: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(STAGES[stage][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
