@@ -31,6 +31,7 @@ SIZES = {
     # name: (n_layer, n_head, n_embd)
     "tiny": (3, 2, 64),
     "small": (6, 4, 128),
+    "medium": (8, 8, 256),  # the shipped default reasoner
     "standard": (12, 8, 256),
 }
 

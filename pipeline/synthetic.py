@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -70,8 +69,9 @@ def sample_episodes_np(spec: TaskSpec, n: int, rng: np.random.Generator) -> Epis
     return Episodes(w=w, x=x, u=u, scale=scale)
 
 
-def sample_episodes_torch(spec: TaskSpec, n: int, gen: torch.Generator, device: torch.device | str = "cpu"):
+def sample_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generator", device: "torch.device | str" = "cpu"):
     """Torch twin of `sample_episodes_np` (same distribution, not the same bytes)."""
+    import torch  # lazily: Ray generate workers need numpy only, and torch costs seconds to import
     if spec.variable_multiplier:
         scale = torch.randint(1, int(spec.weight_multiplier) + 1, (n,), generator=gen, device=device).float()
     else:
@@ -82,13 +82,14 @@ def sample_episodes_torch(spec: TaskSpec, n: int, gen: torch.Generator, device: 
     return w, x, u
 
 
-def apply_curriculum(w: torch.Tensor, x: torch.Tensor, u: torch.Tensor, active_dims: int, points: int):
+def apply_curriculum(w: "torch.Tensor", x: "torch.Tensor", u: "torch.Tensor", active_dims: int, points: int):
     """Restrict episodes to the first `active_dims` coordinates and `points` pairs.
 
     Inactive coordinates are zeroed (the input width stays d, as the reasoner
     expects) and labels are recomputed from the restricted task with the stored noise.
     Returns x (n, points, d) float and y (n, points) float in {0, 1}.
     """
+    import torch
     x = x[:, :points].clone()
     u = u[:, :points]
     x[:, :, active_dims:] = 0
