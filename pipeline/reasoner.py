@@ -202,9 +202,11 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> ReasonerMod
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
         raise ReasonerError(
-            f"{wpath}: checkpoint does not match the reasoner config "
-            f"(missing={missing[:5]}, unexpected={unexpected[:5]}, wrong shape={wrong[:5]})"
+            f"{wpath}: checkpoint does not match the reasoner config {meta['reasoner']} "
+            f"({len(missing)} missing e.g. {missing[:3]}, {len(unexpected)} unexpected e.g. {unexpected[:3]}, "
+            f"{len(wrong)} of wrong shape e.g. {shapes})"
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
