@@ -66,6 +66,7 @@ class DatasetSpec:
     test_split: str | None = None  # HF split / file used as the test set; None: seeded split
     test_fraction: float = 0.3  # share of each class held out when a seeded split is made
     test_size: int | None = None  # class-balanced test subsample (total); None: all test rows
+    train_size: int | None = None  # class-balanced context-pool subsample (total); None: whole pool
     split_seed: int = 0
     config_name: str | None = None  # HF dataset config ("subset")
 
@@ -318,6 +319,8 @@ def _validate_spec(spec: DatasetSpec) -> None:
         raise DatasetError(f"test_fraction={spec.test_fraction}: expected a number strictly between 0 and 1")
     if spec.test_size is not None and (spec.test_size < 2 or spec.test_size % 2):
         raise DatasetError(f"test_size={spec.test_size}: expected an even number >= 2 (half per class)")
+    if spec.train_size is not None and (spec.train_size < 2 or spec.train_size % 2):
+        raise DatasetError(f"train_size={spec.train_size}: expected an even number >= 2 (half per class)")
     if spec.label_names is not None:
         names = tuple(spec.label_names)
         if len(names) != 2 or not all(isinstance(n, str) and n.strip() for n in names) or names[0] == names[1]:
@@ -536,13 +539,13 @@ def _stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.
     return mask
 
 
-def _balanced_subsample(ex: Examples, size: int, seed: int, where: str) -> np.ndarray:
+def _balanced_subsample(ex: Examples, size: int, seed: int, where: str, option: str = "test_size") -> np.ndarray:
     per = size // 2
     counts = ex.class_counts()
     short = {c: n for c, n in counts.items() if n < per}
     if short:
         raise DatasetError(
-            f"{where}: test_size={size} needs {per} examples per class, but the test split has "
+            f"{where}: {option}={size} needs {per} examples per class, but the {ex.split} split has "
             f"{counts[0]} of class 0 ({ex.label_names[0]}) and {counts[1]} of class 1 ({ex.label_names[1]})"
         )
     rng = np.random.default_rng([seed, 0x5A3B])
@@ -583,6 +586,8 @@ def load_examples(name: str | DatasetSpec, split: str = "test", **opts: Any) -> 
         meta["split_method"] = f"seeded:{spec.test_fraction}:{spec.split_seed}"
     if spec.test_size is not None:
         test = test.subset(_balanced_subsample(test, spec.test_size, spec.split_seed, spec.name))
+    if spec.train_size is not None:  # a smaller pool: cost grows with what is embedded, not with k x seeds
+        pool = pool.subset(_balanced_subsample(pool, spec.train_size, spec.split_seed + 1, spec.name, "train_size"))
     if split == "all":
         out = Examples(name=spec.name, split="all", ids=pool.ids + test.ids,
                        labels=np.concatenate([pool.labels, test.labels]), label_names=pool.label_names,

@@ -1,0 +1,226 @@
+"""Stage 5: MLflow runs (or a grid's results table) become tables and plots.
+
+    tart compare                                  # every grid in the default experiment
+    tart compare --grid default --grid nightly    # two grids side by side
+    tart compare --dataset sms_spam --backbone smollm2-135m --out reports/
+
+Outputs: a markdown table of mean accuracy +- std over seeds per
+dataset x backbone x method x k (one column per grid when several are compared), the
+average gain of tart over icl and over lr_probe (paired on dataset, backbone, k, seed),
+CSV files, and PNG plots of accuracy vs k per dataset/backbone (a line per method),
+also logged as artifacts to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["dataset", "backbone", "method", "k"]
+
+
+class CompareError(ValueError):
+    pass
+
+
+def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", grids: Optional[list[str]] = None,
+              dataset: Optional[str] = None, backbone: Optional[str] = None) -> pd.DataFrame:
+    """Cell runs from MLflow as a flat frame (one row per cell)."""
+    import mlflow
+
+    from .tracking import connect
+
+    uri = connect(mlflow_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise CompareError(f"MLflow experiment {experiment!r} not found at {uri}")
+    filt = ["tags.`tart.kind` = 'cell'"]
+    if grids and len(grids) == 1:
+        filt.append(f"tags.`tart.grid` = '{grids[0]}'")
+    if dataset:
+        filt.append(f"params.dataset = '{dataset}'")
+    if backbone:
+        filt.append(f"params.backbone = '{backbone}'")
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=" and ".join(filt), max_results=100000)
+    if runs.empty:
+        return pd.DataFrame()
+    df = pd.DataFrame({
+        "grid": runs["tags.tart.grid"], "cell_id": runs["tags.cell_id"],
+        **{c: runs[f"params.{c}"] for c in ("dataset", "backbone", "protocol", "method", "reasoner_digest")},
+        "k": runs["params.k"].astype(int), "seed": runs["params.seed"].astype(int),
+        **{m: runs.get(f"metrics.{m}") for m in ("accuracy", "auc", "brier", "ece")},
+    })
+    if grids:
+        df = df[df["grid"].isin(grids)]
+    return df.drop_duplicates("cell_id")
+
+
+def _label(df: pd.DataFrame) -> pd.Series:
+    """Method label; tart runs of different reasoners get the weights digest appended."""
+    lab = df["method"].astype(str)
+    if "reasoner_digest" in df and df.loc[df["method"] == "tart", "reasoner_digest"].nunique() > 1:
+        tart = df["method"] == "tart"
+        lab = lab.where(~tart, "tart@" + df["reasoner_digest"].astype(str).str[:8])
+    proto = df.get("protocol")
+    if proto is not None and proto[df["method"] != "icl"].nunique() > 1:
+        lab = lab.where(df["method"] == "icl", lab + "/" + proto.astype(str))
+    return lab
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std of accuracy over seeds per grid x dataset x backbone x method x k."""
+    if df.empty:
+        raise CompareError("no results to compare (no cell runs matched the filters)")
+    d = df.assign(method=_label(df))
+    g = d.groupby(["grid", *KEYS])["accuracy"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
+    """Mean accuracy gain of tart over `ref`, paired on (grid, dataset, backbone, k, seed)."""
+    pair = ["grid", "dataset", "backbone", "k", "seed"]
+    t = df[df["method"] == "tart"].groupby(pair)["accuracy"].mean()
+    r = df[df["method"] == ref].groupby(pair)["accuracy"].mean()
+    both = pd.concat({"tart": t, ref: r}, axis=1).dropna()
+    if both.empty:
+        return pd.DataFrame()
+    both["gain"] = both["tart"] - both[ref]
+    return both.reset_index().groupby(["grid", "dataset", "backbone"])["gain"].agg(["mean", "count"]).reset_index()
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    grids = sorted(summary["grid"].unique())
+    cell = summary.assign(v=[f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"])])
+    wide = cell.pivot_table(index=KEYS, columns="grid", values="v", aggfunc="first").reset_index()
+    cols = KEYS + grids
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in wide.iterrows():
+        lines.append("| " + " | ".join(str(row.get(c, "")) if pd.notna(row.get(c, "")) else "" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """accuracy vs k, one PNG per grid x dataset x backbone, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for (grid, ds, bb), g in summary.groupby(["grid", "dataset", "backbone"]):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, m in g.groupby("method"):
+            m = m.sort_values("k")
+            ax.errorbar(m["k"], m["mean"], yerr=m["std"], marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(g["k"].unique()), labels=[str(k) for k in sorted(g["k"].unique())])
+        ax.set_xlabel("k (context examples)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{ds} / {bb} ({grid})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"acc_vs_k__{grid}__{ds}__{bb.replace('/', '_')}.png"
+        tmp = path.with_suffix(".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def report(df: pd.DataFrame, out_dir: Path) -> dict:
+    """Write summary.md, summary.csv, gains CSVs and plots; returns paths and the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(df)
+    md = ["## Accuracy (mean ± std over seeds)", "", markdown_table(summary), ""]
+    files = {}
+    for ref in ("icl", "lr_probe"):
+        g = gains(df, ref)
+        if not g.empty:
+            md += [f"## Gain of tart over {ref} (mean over paired cells)", "",
+                   "| grid | dataset | backbone | gain | cells |", "|---|---|---|---|---|"]
+            md += [f"| {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | {r['count']} |" for _, r in g.iterrows()]
+            overall = (g["mean"] * g["count"]).sum() / g["count"].sum()
+            md += [f"", f"Average gain of tart over {ref}: **{overall:+.3f}**", ""]
+            files[f"gain_vs_{ref}.csv"] = g
+    text = "\n".join(md)
+    (out_dir / "summary.md").write_text(text)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    for name, frame in files.items():
+        frame.to_csv(out_dir / name, index=False)
+    plots = plot(summary, out_dir)
+    return {"markdown": text, "dir": str(out_dir), "plots": [str(p) for p in plots]}
+
+
+def log_artifacts(run_id: str, out_dir: Path, mlflow_uri: Optional[str] = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import resolve_tracking_uri
+
+    MlflowClient(resolve_tracking_uri(mlflow_uri)).log_artifacts(run_id, str(out_dir), artifact_path="compare")
+
+
+def compare_from_table(spec, summary: dict) -> dict:
+    """End of `tart grid`: compare from the results table, log to the grid's parent run."""
+    from .grid import read_results
+    from .storage import join
+
+    df = read_results(spec)
+    df = df.assign(grid=spec.name)
+    local = "://" not in spec.storage or spec.storage.startswith("file://")
+    out_dir = Path(join(join(spec.storage, spec.name), "compare")) if local else Path("tart_runs/compare") / spec.name
+    rep = report(df, out_dir)
+    if summary.get("parent_run_id"):
+        try:
+            log_artifacts(summary["parent_run_id"], out_dir, summary.get("mlflow_uri"))
+        except Exception as e:  # noqa: BLE001
+            print(f"[compare] WARNING: could not log artifacts to MLflow ({e})", file=sys.stderr)
+    print(rep["markdown"])
+    print(f"\nplots and tables: {out_dir.resolve()}")
+    if summary.get("mlflow_uri"):
+        uri = summary["mlflow_uri"]
+        ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if uri.startswith("sqlite") else uri
+        print(f"MLflow: {ui}  (experiment {spec.experiment!r}, parent run {summary['parent_run_id']})")
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tart compare", description="Compare grid results stored in MLflow.")
+    ap.add_argument("--mlflow-uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    ap.add_argument("--experiment", default="tart-grid")
+    ap.add_argument("--grid", action="append", default=None, help="grid id to include (repeat to compare grids)")
+    ap.add_argument("--dataset", default=None)
+    ap.add_argument("--backbone", default=None)
+    ap.add_argument("--out", default="tart_runs/compare/latest", help="directory for markdown, CSV and PNG outputs")
+    ap.add_argument("--log-run", action="store_true", help="log the outputs as artifacts of a new MLflow run")
+    a = ap.parse_args(argv)
+    try:
+        df = load_runs(a.mlflow_uri, a.experiment, a.grid, a.dataset, a.backbone)
+        rep = report(df, Path(a.out))
+    except CompareError as e:
+        print(f"tart compare: error: {e}", file=sys.stderr)
+        return 2
+    print(rep["markdown"])
+    print(f"\nplots and tables: {Path(a.out).resolve()}")
+    if a.log_run:
+        import mlflow
+
+        mlflow.set_experiment(a.experiment)
+        with mlflow.start_run(run_name="compare", tags={"tart.kind": "compare"}) as run:
+            mlflow.log_artifacts(a.out, artifact_path="compare")
+            print(f"logged to MLflow run {run.info.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,672 @@
+"""Stage 4: evaluation grids — datasets x backbones x methods x reasoners x k x seeds.
+
+    tart grid                                   # the default grid (configs/grids/default.yaml)
+    tart grid --config configs/grids/paper.yaml mlflow_uri=http://mlflow:5000
+    tart grid --sync-mlflow                     # log table rows that MLflow is missing
+
+Flow:
+1. Expand the spec into cells; each has a content-addressed id: a hash of everything that
+   decides its result (dataset spec and split sizes, backbone, protocol, method, reasoner
+   weights digest, k, seed, CODE_VERSION). Validate the whole grid first and report every
+   problem at once, before any work.
+2. Skip cells already in the results table (unless --force).
+3. Embeddings: each (dataset, backbone, protocol) is embedded once through the embed
+   stage's cache; cost grows with distinct examples, not with k x seeds x methods.
+4. Cells run as Ray tasks over the cached embeddings (ICL cells: one task per
+   (dataset, backbone) that loads the causal LM once).
+5. The results table is the source of truth: one Parquet file per cell under
+   `<storage>/<grid>/cells/<cell_id>.parquet`, written atomically, so a killed grid loses
+   nothing finished and two concurrent grids cannot corrupt or duplicate a row.
+   MLflow is the view: one parent run per launch, one child run per cell (tag cell_id);
+   only the driver logs, and a cell already in MLflow is never logged twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import ConfigError, load_config, to_dict
+
+CODE_VERSION = "grid-v1"  # bump when a change alters cell results; part of every cell id
+TEXT_METHODS_NEED_CAUSAL = {"icl"}
+EMBEDDING_METHODS = ("tart", "lr_probe", "lr_full")
+PCA_METHODS = ("tart", "lr_probe")
+PROTOCOLS = ("stream", "vanilla", "loo")
+DEFAULT_GRID = Path(__file__).resolve().parents[1] / "configs" / "grids" / "default.yaml"
+
+
+class GridError(ValueError):
+    """An invalid grid; the message lists every problem found."""
+
+
+@dataclass
+class GridSpec:
+    name: str = "default"  # grid id: results live under <storage>/<name>/
+    datasets: list[Any] = field(default_factory=lambda: ["sms_spam", "tweet_sentiment"])  # name or {name, options}
+    backbones: list[str] = field(default_factory=lambda: ["smollm2-135m", "minilm-l6"])
+    methods: list[str] = field(default_factory=lambda: ["tart", "icl", "lr_probe"])
+    reasoners: list[str] = field(default_factory=lambda: ["default"])  # "default" or checkpoint dirs
+    ks: list[int] = field(default_factory=lambda: [18, 32, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    protocols: list[str] = field(default_factory=lambda: ["stream"])
+    test_size: int = 100  # balanced test subsample per dataset
+    train_size: int = 256  # balanced context pool per dataset (context sets are drawn from it)
+    storage: str = "tart_runs/grids"
+    cache_uri: str = ""  # embedding cache ("" = the embed stage default)
+    mlflow_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str = "tart-grid"
+    executor: str = "ray"  # ray | local
+    address: Optional[str] = None  # Ray address (None: local or the job's cluster)
+    cpus_per_cell: float = 0.5
+    embed_actors: int = 1
+    embed_batch_size: int = 32
+    gpus_per_actor: float = 0.0
+    icl_batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor={self.executor!r}: expected ray or local")
+        for name in ("datasets", "backbones", "methods", "reasoners", "ks", "seeds", "protocols"):
+            if not getattr(self, name):
+                raise ConfigError(f"grid {name} is empty: list at least one")
+        if self.test_size < 2 or self.train_size < 2:
+            raise ConfigError("test_size and train_size must be >= 2")
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    dataset_options: str  # canonical JSON of the dataset options (incl. train/test sizes)
+    backbone: str
+    protocol: str  # stream | vanilla | loo; "prompt" for icl
+    method: str
+    reasoner: str  # "-" for methods without a reasoner
+    reasoner_digest: str
+    k: int
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        key = dict(dataclasses.asdict(self), code_version=CODE_VERSION)
+        key.pop("reasoner")  # the path does not decide the result; the weights digest does
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def options(self) -> dict:
+        return json.loads(self.dataset_options)
+
+    @property
+    def group(self) -> tuple:
+        return (self.dataset, self.dataset_options, self.backbone, self.protocol)
+
+
+# ----------------------------------------------------------------------------- expansion + validation
+
+
+def _dataset_entries(spec: GridSpec) -> list[tuple[str, dict]]:
+    out = []
+    for d in spec.datasets:
+        if isinstance(d, str):
+            name, opts = d, {}
+        elif isinstance(d, dict) and "name" in d:
+            name, opts = d["name"], dict(d.get("options") or {})
+        else:
+            raise GridError(f"grid datasets entry {d!r}: expected a name or a mapping with name and options")
+        opts.setdefault("test_size", spec.test_size)
+        opts.setdefault("train_size", spec.train_size)
+        out.append((name, opts))
+    return out
+
+
+def reasoner_dir(ref: str) -> Path:
+    from .reasoner import default_checkpoint_dir
+
+    return default_checkpoint_dir() if ref == "default" else Path(ref)
+
+
+def reasoner_digest(ref: str) -> str:
+    path = reasoner_dir(ref) / "model.safetensors"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _backbone_kind(name: str) -> Optional[str]:
+    """Kind of a registered backbone without loading it (None: an HF id / path, unknown here)."""
+    from . import backbones
+
+    entry = backbones.REGISTRY.get(name)
+    return entry.kind if entry is not None else None
+
+
+def expand(spec: GridSpec) -> list[Cell]:
+    """All cells of the grid, after validating it as a whole (GridError lists every problem)."""
+    from .backbones import known_backbones
+    from .datasets import DatasetError, load_examples
+    from .methods import known_methods
+    from .reasoner import ReasonerError, read_checkpoint_config
+
+    problems: list[str] = []
+    methods_known = set(known_methods()) | {"icl"}
+    for m in spec.methods:
+        if m not in methods_known:
+            problems.append(f"method {m!r} is unknown; known: {', '.join(sorted(methods_known))}")
+    for p in spec.protocols:
+        if p not in PROTOCOLS:
+            problems.append(f"protocol {p!r} is unknown; known: {', '.join(PROTOCOLS)}")
+    for k in spec.ks:
+        if k % 2:
+            problems.append(f"k={k}: context sets are class-balanced, so k must be even")
+    kinds: dict[str, Optional[str]] = {}
+    for b in spec.backbones:
+        looks_external = "/" in b or os.path.isdir(b)
+        if b not in known_backbones() and not looks_external:
+            problems.append(f"backbone {b!r} is unknown; known: {', '.join(known_backbones())} (or an HF id / local folder)")
+        kinds[b] = _backbone_kind(b)
+    digests: dict[str, str] = {}
+    max_k = None
+    if any(m in ("tart",) for m in spec.methods):
+        for r in spec.reasoners:
+            try:
+                meta = read_checkpoint_config(reasoner_dir(r))
+                digests[r] = reasoner_digest(r)
+                r_max = meta["reasoner"]["max_points"] - 1
+                d = meta["reasoner"]["d"]
+                max_k = r_max if max_k is None else min(max_k, r_max)
+                for k in spec.ks:
+                    if k > r_max:
+                        problems.append(f"k={k} exceeds reasoner {r!r}'s trained context (at most {r_max} pairs)")
+                    if k <= d:
+                        problems.append(f"k={k} <= d={d}: TART's PCA to d dims needs k > d context examples")
+            except (ReasonerError, OSError) as e:
+                problems.append(f"reasoner {r!r}: {e}")
+    if "lr_probe" in spec.methods:
+        for k in spec.ks:
+            if k <= 16 and "tart" not in spec.methods:
+                problems.append(f"k={k} <= 16: lr_probe's PCA to 16 dims needs k > 16 context examples")
+    entries = []
+    try:
+        entries = _dataset_entries(spec)
+    except GridError as e:
+        problems.append(str(e))
+    modality: dict[str, str] = {}
+    for name, opts in entries:
+        try:
+            pool = load_examples(name, "train", **opts)
+            modality[name] = pool.modality
+            counts = pool.class_counts()
+            need = max(spec.ks) // 2
+            if min(counts.values()) < need:
+                problems.append(
+                    f"dataset {name!r}: k={max(spec.ks)} needs {need} context examples per class, the pool has {counts}"
+                )
+        except (DatasetError, ValueError, OSError) as e:
+            problems.append(f"dataset {name!r}: {e}")
+    if problems:
+        raise GridError(f"grid {spec.name!r} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
+
+    cells = []
+    for name, opts in entries:
+        dopts = json.dumps(opts, sort_keys=True)
+        for b in spec.backbones:
+            for k in spec.ks:
+                for seed in spec.seeds:
+                    for m in spec.methods:
+                        if m == "icl":
+                            if kinds[b] not in ("causal", None) or modality.get(name) != "text":
+                                continue
+                            cells.append(Cell(name, dopts, b, "prompt", m, "-", "-", k, seed))
+                            continue
+                        for p in spec.protocols:
+                            if p != "stream" and kinds[b] not in ("causal", None):
+                                continue
+                            if m == "tart":
+                                for r in spec.reasoners:
+                                    cells.append(Cell(name, dopts, b, p, m, r, digests[r], k, seed))
+                            else:
+                                cells.append(Cell(name, dopts, b, p, m, "-", "-", k, seed))
+    return cells
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=np.int64)
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    pred = (p >= 0.5).astype(np.int64)
+    out = {"accuracy": float((pred == y).mean()), "brier": float(((p - y) ** 2).mean())}
+    out["auc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    conf = np.where(pred == 1, p, 1 - p)  # ECE over the confidence of the predicted class
+    edges = np.linspace(0.5, 1.0, bins // 2 + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, len(edges) - 2)
+    ece = 0.0
+    for b in range(len(edges) - 1):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
+    out["ece"] = float(ece)
+    return out
+
+
+# ----------------------------------------------------------------------------- results table
+
+
+def _cells_dir(spec: GridSpec) -> str:
+    from .storage import join
+
+    return join(join(spec.storage, spec.name), "cells")
+
+
+def read_results(spec: GridSpec):
+    """The results table (pandas) of a grid: one row per finished cell."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from .storage import list_names, resolve
+
+    fs, path = resolve(_cells_dir(spec))
+    frames = []
+    for name in list_names(fs, path):
+        if not name.endswith(".parquet") or name.startswith("_"):
+            continue
+        try:
+            frames.append(pq.read_table(io.BytesIO(fs.cat_file(f"{path}/{name}"))).to_pandas())
+        except Exception as e:  # noqa: BLE001 - a foreign/corrupt file must not hide the others
+            print(f"[grid] warning: skipping unreadable result file {path}/{name}: {e}", file=sys.stderr)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).drop_duplicates("cell_id", keep="last")
+
+
+def write_cell_result(spec: GridSpec, row: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .storage import atomic_write_bytes, resolve
+
+    fs, path = resolve(_cells_dir(spec))
+    fs.makedirs(path, exist_ok=True)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row]), buf)
+    atomic_write_bytes(fs, f"{path}/{row['cell_id']}.parquet", buf.getvalue())
+
+
+def write_results_table(spec: GridSpec) -> str:
+    """Consolidate the per-cell files into <storage>/<grid>/results.parquet (atomic)."""
+    from .storage import atomic_write_bytes, join, resolve
+
+    df = read_results(spec)
+    uri = join(join(spec.storage, spec.name), "results.parquet")
+    fs, path = resolve(uri)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(fs, path, buf.getvalue())
+    return uri
+
+
+# ----------------------------------------------------------------------------- cell execution
+
+
+_REASONERS: dict[str, Any] = {}
+
+
+def _reasoner(ref: str):
+    from .reasoner import load_reasoner
+
+    if ref not in _REASONERS:
+        _REASONERS[ref] = load_reasoner(reasoner_dir(ref))
+    return _REASONERS[ref]
+
+
+def run_embedding_cell(cell: Cell, Xc, yc, Xq, yq) -> dict:
+    from .methods import run_method
+
+    t0 = time.time()
+    reasoner = _reasoner(cell.reasoner) if cell.method == "tart" else None
+    p = run_method(cell.method, Xc, yc, Xq, reasoner=reasoner)
+    return {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0}
+
+
+def run_icl_group(cells: list[Cell], batch_size: int) -> list[dict]:
+    """All ICL cells of one (dataset, backbone): the causal LM is loaded once."""
+    from .backbones import load_causal_lm
+    from .datasets import context_sets, load_examples
+    from .icl import ICLScorer
+
+    c0 = cells[0]
+    pool = load_examples(c0.dataset, "train", **c0.options)
+    test = load_examples(c0.dataset, "test", **c0.options)
+    tok, model = load_causal_lm(c0.backbone)
+    scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
+    out = []
+    for cell in cells:
+        t0 = time.time()
+        ctx = context_sets(pool.labels, [cell.k], cell.seed)[cell.k]
+        p = scorer.predict_proba([pool.texts[i] for i in ctx], pool.labels[ctx], test.texts)
+        out.append({"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
+                    "labels": test.labels, "ids": test.ids})
+    return out
+
+
+# ----------------------------------------------------------------------------- MLflow view
+
+
+def _git_sha() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class MlflowView:
+    """The driver's MLflow logger: parent run per launch, child run per cell, no duplicates."""
+
+    def __init__(self, spec: GridSpec, launch_id: str, log=print):
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import connect, ensure_experiment
+
+        self.uri = connect(spec.mlflow_uri, log=log)
+        self.client = MlflowClient(self.uri)
+        self.exp_id = ensure_experiment(spec.experiment, self.uri)
+        self.spec, self.log = spec, log
+        self.git_sha = _git_sha()
+        parent = self.client.create_run(
+            self.exp_id, run_name=f"grid-{spec.name}-{launch_id}",
+            tags={"tart.grid": spec.name, "tart.kind": "grid-launch", "tart.launch_id": launch_id,
+                  "git_sha": self.git_sha},
+        )
+        self.parent_id = parent.info.run_id
+        from .tracking import flatten_params
+
+        for k, v in list(flatten_params(to_dict(spec)).items())[:100]:
+            self.client.log_param(self.parent_id, k, v[:6000])
+        self.logged = self.logged_cells()
+
+    def logged_cells(self) -> set[str]:
+        runs = self.client.search_runs(
+            [self.exp_id], filter_string=f"tags.`tart.grid` = '{self.spec.name}' and tags.`tart.kind` = 'cell'",
+            max_results=50000,
+        )
+        return {r.data.tags.get("cell_id") for r in runs}
+
+    def log_cell(self, row: dict) -> bool:
+        from mlflow.entities import Metric, Param, RunTag
+
+        if row["cell_id"] in self.logged:
+            return False
+        tags = {"mlflow.parentRunId": self.parent_id, "cell_id": row["cell_id"], "tart.grid": self.spec.name,
+                "tart.kind": "cell", "git_sha": self.git_sha, "code_version": row["code_version"]}
+        name = f"{row['dataset']}/{row['backbone']}/{row['method']}/k{row['k']}/s{row['seed']}"
+        run = self.client.create_run(self.exp_id, run_name=name, tags=tags)
+        rid = run.info.run_id
+        params = {c: str(row[c]) for c in ("dataset", "dataset_options", "backbone", "protocol", "method",
+                                           "reasoner", "reasoner_digest", "k", "seed")}
+        now = int(time.time() * 1000)
+        metrics = [Metric(m, float(row[m]), now, int(row["k"])) for m in ("accuracy", "auc", "brier", "ece", "runtime_s")
+                   if row.get(m) is not None and np.isfinite(row[m])]
+        self.client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                              tags=[RunTag(k, v) for k, v in {"tart.dataset": row["dataset"]}.items()])
+        self.client.log_text(rid, json.dumps({"ids": list(row["test_ids"]), "labels": list(map(int, row["labels"])),
+                                              "probs": [float(x) for x in row["probs"]]}), "predictions.json")
+        self.client.set_terminated(rid)
+        self.logged.add(row["cell_id"])
+        return True
+
+    def finish(self, summary: dict, status: str = "FINISHED") -> None:
+        for k, v in summary.items():
+            self.client.log_metric(self.parent_id, k, float(v))
+        self.client.set_terminated(self.parent_id, status=status)
+
+
+def sync_mlflow(spec: GridSpec, log=print) -> int:
+    """Log every table row that MLflow does not hold yet; returns how many were logged."""
+    df = read_results(spec)
+    view = MlflowView(spec, f"sync-{int(time.time())}", log=log)
+    n = sum(view.log_cell(row) for row in df.to_dict("records"))
+    view.finish({"cells_synced": n})
+    log(f"[grid] synced {n} cell(s) to MLflow ({len(df)} in the results table)")
+    return n
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _row(cell: Cell, result: dict, labels: np.ndarray, ids: list[str]) -> dict:
+    row = dataclasses.asdict(cell)
+    row.update(cell_id=cell.cell_id, grid=None, code_version=CODE_VERSION, n_test=int(len(labels)),
+               runtime_s=float(result["runtime_s"]), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               probs=[float(x) for x in result["probs"]], labels=[int(x) for x in labels], test_ids=list(ids))
+    row.update(cell_metrics(labels, result["probs"]))
+    return row
+
+
+class Progress:
+    def __init__(self, total: int, log):
+        self.total, self.done, self.failed, self.t0, self.log = total, 0, 0, time.time(), log
+
+    def tick(self, ok: bool = True, what: str = "") -> None:
+        self.done += ok
+        self.failed += not ok
+        n = self.done + self.failed
+        el = time.time() - self.t0
+        eta = el / n * (self.total - n) if n else float("nan")
+        self.log(f"[grid] cells {n}/{self.total} done, {self.failed} failed, {el:.0f}s elapsed, ETA {eta:.0f}s {what}")
+
+
+def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
+    """Run (or resume) a grid; returns a summary. See the module docstring."""
+    from .embed import get_embeddings
+    from .storage import check_writable, resolve
+
+    t_start = time.time()
+    cells = expand(spec)
+    fs, path = resolve(_cells_dir(spec))
+    check_writable(fs, path, _cells_dir(spec))
+    done = set() if force else set(read_results(spec).get("cell_id", []))
+    todo = [c for c in cells if c.cell_id not in done]
+    log(f"[grid] {spec.name}: {len(cells)} cells, {len(cells) - len(todo)} already in the results table, {len(todo)} to run")
+    launch_id = time.strftime("%Y%m%d-%H%M%S")
+    view = None
+    try:
+        view = MlflowView(spec, launch_id, log=log)
+    except Exception as e:  # noqa: BLE001 - results still land in the table; sync later
+        log(f"[grid] WARNING: MLflow unavailable ({e}); results go to the table only — run `tart grid --sync-mlflow` later")
+
+    use_ray = spec.executor == "ray"
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=spec.address, include_dashboard=False, log_to_driver=True)
+    progress = Progress(len(todo), log)
+    timings = {"embed_s": 0.0, "cells_s": 0.0, "mlflow_s": 0.0}
+    forward_passes = 0
+
+    def finish_row(row: dict) -> None:
+        row["grid"] = spec.name
+        write_cell_result(spec, row)
+        if view is not None:
+            t = time.time()
+            try:
+                view.log_cell(row)
+            except Exception as e:  # noqa: BLE001
+                log(f"[grid] WARNING: MLflow logging failed for cell {row['cell_id']} ({e}); it stays in the table")
+            timings["mlflow_s"] += time.time() - t
+        progress.tick(True, f"{row['dataset']}/{row['backbone']}/{row['method']} k={row['k']} seed={row['seed']} "
+                            f"acc={row['accuracy']:.3f}")
+
+    # -- embedding cells, grouped by (dataset, backbone, protocol): embed once per group
+    from .datasets import context_sets
+
+    groups: dict[tuple, list[Cell]] = {}
+    for c in todo:
+        if c.method != "icl":
+            groups.setdefault(c.group, []).append(c)
+    pending = []
+    for (dataset, dopts, backbone, protocol), gcells in groups.items():
+        t = time.time()
+        opts = json.loads(dopts)
+        common = dict(dataset_options=opts, cache_uri=spec.cache_uri or None, executor="ray" if use_ray else "local",
+                      actors=spec.embed_actors, batch_size=spec.embed_batch_size, gpus_per_actor=spec.gpus_per_actor,
+                      log=log)
+        if protocol == "stream":
+            train = get_embeddings(dataset, "train", backbone, "stream", **common)
+            test = get_embeddings(dataset, "test", backbone, "stream", **common)
+            forward_passes += train.forward_passes + test.forward_passes
+            timings["embed_s"] += time.time() - t
+            episodes = {}
+            for c in gcells:
+                ctx = context_sets(train.labels, [c.k], c.seed)[c.k]
+                episodes[c] = (train.X[ctx], train.labels[ctx])
+            Xq, yq, ids = test.X, test.labels, test.ids
+            per_cell = {c: (*episodes[c], Xq, yq, ids) for c in gcells}
+        else:  # vanilla / loo: context-dependent, per (k, seed)
+            per_cell = {}
+            for c in gcells:
+                tr = get_embeddings(dataset, "train", backbone, protocol, k=c.k, seed=c.seed, **common)
+                te = get_embeddings(dataset, "test", backbone, protocol, k=c.k, seed=c.seed, **common)
+                forward_passes += tr.forward_passes + te.forward_passes
+                per_cell[c] = (tr.X, tr.labels, te.X, te.labels, te.ids)
+            timings["embed_s"] += time.time() - t
+        for c, (Xc, yc, Xq, yq, ids) in per_cell.items():
+            if use_ray:
+                task = _remote_cell(spec.cpus_per_cell)
+                pending.append((c, yq, ids, task.remote(c, Xc, yc, Xq, yq)))
+            else:
+                t = time.time()
+                res = run_embedding_cell(c, Xc, yc, Xq, yq)
+                timings["cells_s"] += time.time() - t
+                finish_row(_row(c, res, yq, ids))
+
+    # -- ICL cells: one task per (dataset, backbone)
+    icl_groups: dict[tuple, list[Cell]] = {}
+    for c in todo:
+        if c.method == "icl":
+            icl_groups.setdefault(c.group, []).append(c)
+    icl_pending = []
+    for key, gcells in icl_groups.items():
+        if use_ray:
+            icl_pending.append((gcells, _remote_icl(spec.cpus_per_cell).remote(gcells, spec.icl_batch_size)))
+        else:
+            t = time.time()
+            for c, res in zip(gcells, run_icl_group(gcells, spec.icl_batch_size)):
+                finish_row(_row(c, res, res["labels"], res["ids"]))
+            timings["cells_s"] += time.time() - t
+
+    if use_ray:
+        import ray
+
+        t = time.time()
+        refs = {ref: (c, yq, ids) for c, yq, ids, ref in pending}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            c, yq, ids = refs.pop(ready[0])
+            try:
+                finish_row(_row(c, ray.get(ready[0]), yq, ids))
+            except Exception as e:  # noqa: BLE001 - a failed cell is reported, the rest go on
+                progress.tick(False, f"cell {c.cell_id} failed: {e}")
+        for gcells, ref in icl_pending:
+            try:
+                for c, res in zip(gcells, ray.get(ref)):
+                    finish_row(_row(c, res, res["labels"], res["ids"]))
+            except Exception as e:  # noqa: BLE001
+                for c in gcells:
+                    progress.tick(False, f"icl cell {c.cell_id} failed: {e}")
+        timings["cells_s"] += time.time() - t
+
+    table_uri = write_results_table(spec)
+    summary = {"cells_total": len(cells), "cells_run": progress.done, "cells_failed": progress.failed,
+               "cells_skipped": len(cells) - len(todo), "forward_passes": forward_passes,
+               "wall_s": time.time() - t_start, **timings}
+    if view is not None:
+        try:
+            view.finish(summary, status="FAILED" if progress.failed else "FINISHED")
+        except Exception as e:  # noqa: BLE001
+            log(f"[grid] WARNING: could not close the MLflow parent run ({e})")
+    summary["results_uri"] = table_uri
+    summary["mlflow_uri"] = view.uri if view else None
+    summary["parent_run_id"] = view.parent_id if view else None
+    log(f"[grid] done: {json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in summary.items()})}")
+    if progress.failed:
+        raise RuntimeError(f"grid {spec.name}: {progress.failed} cell(s) failed; re-run to retry them")
+    return summary
+
+
+def _remote_cell(cpus: float):
+    import ray
+
+    return ray.remote(num_cpus=cpus, max_retries=2)(run_embedding_cell)
+
+
+def _remote_icl(cpus: float):
+    import ray
+
+    return ray.remote(num_cpus=cpus, max_retries=1)(run_icl_group)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _epilog() -> str:
+    lines = ["grid spec keys (YAML and/or key=value overrides; defaults shown):"]
+    for f in dataclasses.fields(GridSpec):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name}={json.dumps(default)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="tart grid", description="Run an evaluation grid (the main job).", epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--config", default=str(DEFAULT_GRID), help="grid spec YAML (default: configs/grids/default.yaml)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the spec")
+    ap.add_argument("--force", action="store_true", help="recompute cells already in the results table")
+    ap.add_argument("--sync-mlflow", action="store_true", help="only log results-table rows missing from MLflow")
+    ap.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
+    ap.add_argument("--no-compare", action="store_true", help="do not print the comparison table at the end")
+    a = ap.parse_args(argv)
+    try:
+        spec = load_config(GridSpec, a.config, a.overrides)
+        if a.sync_mlflow:
+            sync_mlflow(spec)
+            return 0
+        if a.dry_run:
+            cells = expand(spec)
+            print(f"grid {spec.name}: {len(cells)} valid cells")
+            return 0
+        summary = run_grid(spec, force=a.force)
+    except (ConfigError, GridError) as e:
+        print(f"tart grid: error: {e}", file=sys.stderr)
+        return 2
+    if not a.no_compare:
+        from .compare import compare_from_table
+
+        compare_from_table(spec, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
