@@ -1,0 +1,132 @@
+"""Stage 4/5: grid expansion, validation, execution on Ray, idempotence, MLflow view, compare."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.grid import Cell, GridError, GridSpec, cell_metrics, expand, read_results, run_grid, sync_mlflow
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _spec(tmp_path, **over) -> GridSpec:
+    base = [
+        "name=t", "datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_probe,lr_full]",
+        "ks=[18,32]", "seeds=[0]", "test_size=30", "train_size=64", "executor=local",
+        f"storage={tmp_path}/grids", f"cache_uri={tmp_path}/emb", f"mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
+    return load_config(GridSpec, None, base + [f"{k}={v}" for k, v in over.items()])
+
+
+def _mlflow_cells(spec):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(spec.mlflow_uri)
+    exp = c.get_experiment_by_name(spec.experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`tart.kind` = 'cell'", max_results=1000)
+    return [r.data.tags["cell_id"] for r in runs], runs
+
+
+def test_validation_reports_every_problem_before_work(tmp_path):
+    spec = _spec(tmp_path, methods="[tart,nosuch]", ks="[8,33,300]", backbones="[minilm-l6,nope]",
+                 datasets="[sms_spam,nodata]")
+    with pytest.raises(GridError) as e:
+        expand(spec)
+    msg = str(e.value)
+    for needle in ("method 'nosuch' is unknown", "k=33", "must be even", "backbone 'nope' is unknown",
+                   "k=8 <= d=16", "k=300 exceeds", "unknown dataset 'nodata'", "needs 150 context examples per class"):
+        assert needle in msg, needle
+    assert not (tmp_path / "grids").exists()  # nothing written
+
+
+def test_cell_ids_are_content_addressed(tmp_path):
+    cells = expand(_spec(tmp_path))
+    assert len(cells) == 6 and len({c.cell_id for c in cells}) == 6
+    c = cells[0]
+    same = Cell(**{**c.__dict__, "reasoner": "/elsewhere/same/weights"})
+    assert same.cell_id == c.cell_id  # the path does not matter, the weights digest does
+    for field, value in (("k", 64), ("seed", 9), ("reasoner_digest", "x" * 16), ("backbone", "other")):
+        assert Cell(**{**c.__dict__, field: value}).cell_id != c.cell_id
+    assert expand(_spec(tmp_path))[0].cell_id == c.cell_id  # stable across expansions
+
+
+def test_icl_cells_only_for_causal_backbones(tmp_path):
+    cells = expand(_spec(tmp_path, methods="[tart,icl]", backbones="[minilm-l6,smollm2-135m]"))
+    icl = [c for c in cells if c.method == "icl"]
+    assert icl and {c.backbone for c in icl} == {"smollm2-135m"}
+    assert {c.protocol for c in icl} == {"prompt"}
+
+
+def test_metrics_are_correct():
+    y = np.array([0, 0, 1, 1])
+    m = cell_metrics(y, np.array([0.1, 0.6, 0.8, 0.9]))
+    assert m["accuracy"] == 0.75 and m["auc"] == 1.0
+    assert m["brier"] == pytest.approx((0.01 + 0.36 + 0.04 + 0.01) / 4)
+    perfect = cell_metrics(y, np.array([0.0, 0.0, 1.0, 1.0]))
+    assert perfect["ece"] == pytest.approx(0.0) and perfect["brier"] == 0.0
+
+
+def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
+    spec = _spec(tmp_path, executor="ray")
+    s1 = run_grid(spec)
+    assert s1["cells_run"] == 6 and s1["cells_failed"] == 0
+    df = read_results(spec)
+    assert len(df) == 6 and df["cell_id"].is_unique
+    assert set(df["method"]) == {"tart", "lr_probe", "lr_full"}
+    # honest quality on real embeddings: MiniLM separates spam well even at k=18
+    assert df["accuracy"].min() > 0.7, df[["method", "k", "accuracy"]]
+    assert all(len(p) == 30 for p in df["probs"])
+    ids, _ = _mlflow_cells(spec)
+    assert sorted(ids) == sorted(df["cell_id"])
+
+    # re-run: nothing recomputed, nothing logged twice, embeddings come from the cache
+    s2 = run_grid(spec)
+    assert s2["cells_run"] == 0 and s2["cells_skipped"] == 6 and s2["forward_passes"] == 0
+    ids2, _ = _mlflow_cells(spec)
+    assert sorted(ids2) == sorted(ids)
+
+    # a grid killed mid-way: finished cells survive as files; the re-run fills only the gap
+    cells_dir = tmp_path / "grids" / "t" / "cells"
+    victims = sorted(cells_dir.glob("*.parquet"))[:2]
+    for v in victims:
+        v.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in cells_dir.glob("*.parquet")}
+    s3 = run_grid(spec)
+    assert s3["cells_run"] == 2 and s3["forward_passes"] == 0
+    after = {p.name: p.stat().st_mtime_ns for p in cells_dir.glob("*.parquet")}
+    assert all(after[n] == t for n, t in before.items())  # untouched
+    assert len(read_results(spec)) == 6
+    assert sorted(_mlflow_cells(spec)[0]) == sorted(ids)  # still one MLflow run per cell
+
+
+def test_unreachable_mlflow_keeps_results_and_sync_completes_later(tmp_path):
+    spec = _spec(tmp_path, ks="[18]", methods="[lr_full]", mlflow_uri="http://127.0.0.1:9")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    s = run_grid(spec)
+    assert s["cells_run"] == 1 and s["mlflow_uri"] is None
+    assert len(read_results(spec)) == 1
+    spec.mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert sync_mlflow(spec) == 1
+    assert sync_mlflow(spec) == 0  # idempotent
+    assert len(_mlflow_cells(spec)[0]) == 1
+
+
+def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path):
+    from pipeline.compare import main as compare_main
+
+    spec = _spec(tmp_path, methods="[tart,lr_probe]", seeds="[0,1]")
+    run_grid(spec)
+    out = tmp_path / "cmp"
+    rc = compare_main(["--mlflow-uri", spec.mlflow_uri, "--grid", "t", "--out", str(out)])
+    assert rc == 0
+    md = (out / "summary.md").read_text()
+    assert "| sms_spam | minilm-l6 | tart | 18 |" in md and "Gain of tart over lr_probe" in md
+    pngs = list(out.glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].stat().st_size > 5000
+    import pandas as pd
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["count"]) == {2}  # two seeds per (method, k)
+    assert compare_main(["--mlflow-uri", spec.mlflow_uri, "--grid", "nosuchgrid", "--out", str(out)]) == 2
