@@ -14,6 +14,7 @@ STAGES = {
     "generate": ("pipeline.generate", "write synthetic episodes as Parquet shards (Ray tasks)"),
     "train": ("pipeline.train", "train the reasoner with Ray Train (DDP on CPU or GPU)"),
     "grid": ("pipeline.grid", "run an evaluation grid into a results table and MLflow (the main job)"),
+    "pipeline": ("pipeline.full", "generate -> train -> grid -> compare in one job"),
     "compare": ("pipeline.compare", "tables and plots from MLflow grid runs"),
     "eval-synthetic": ("pipeline.synthetic_eval", "score a reasoner on held-out synthetic episodes"),
     "embed": ("pipeline.embed", "embed a dataset with a frozen backbone into a Parquet cache (Ray Data)"),

@@ -1,0 +1,108 @@
+"""Prompts for the context-dependent embedding protocols (vanilla, LOO).
+
+Template (one block per example; the reference's, with the label words of the task)::
+
+    Sentence: <text>\\nLabel: <word>\\n
+
+A query block is `Sentence: <query>\\nLabel:` (no word). Each example's text is
+whitespace-normalised first (runs of spaces/newlines -> one space) so that a text
+cannot break the template's line structure.
+
+Where each example sits in the token sequence is found from the tokenizer's offset
+mapping (character span of the example's *text* -> the tokens that overlap it), never
+by searching the token stream for label words (the reference did that and broke when
+a text contained a label word). A prompt longer than the backbone's context limit is
+an error (`PromptTooLongError`, naming both lengths): nothing is ever truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+TEMPLATE_VERSION = "sentence-label-v1"  # part of the embedding cache key
+PREFIX = "Sentence: "
+MIDDLE = "\nLabel:"
+SEP = "\n"
+
+
+class PromptError(ValueError):
+    """A prompt cannot be built or tokenised as required; the message says why."""
+
+
+class PromptTooLongError(PromptError):
+    """The prompt needs more tokens than the backbone's context allows."""
+
+
+def normalise_text(text: str) -> str:
+    if not isinstance(text, str):
+        raise PromptError(f"expected a text, got {type(text).__name__}: {text!r}")
+    out = " ".join(text.split())
+    if not out:
+        raise PromptError(f"text {text!r} is empty after whitespace normalisation")
+    return out
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """A prompt string and the character span [start, end) of every example's text in it."""
+
+    text: str
+    char_spans: tuple[tuple[int, int], ...]
+
+
+def build_prompt(texts: Sequence[str], label_words: Sequence[str | None]) -> PromptLayout:
+    """One prompt holding `texts` in order; `label_words[i]` None = a query block (no word)."""
+    if len(texts) != len(label_words):
+        raise PromptError(f"{len(texts)} texts but {len(label_words)} label words")
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for t, w in zip(texts, label_words):
+        t = normalise_text(t)
+        head = PREFIX
+        spans.append((pos + len(head), pos + len(head) + len(t)))
+        block = head + t + MIDDLE + ("" if w is None else f" {w}{SEP}")
+        parts.append(block)
+        pos += len(block)
+    return PromptLayout("".join(parts), tuple(spans))
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    input_ids: list[int]
+    spans: tuple[tuple[int, int], ...]  # token index span [start, end) of each example's text
+    layout: PromptLayout
+
+
+def tokenize_prompt(tokenizer: Any, layout: PromptLayout, max_length: int | None, what: str = "prompt") -> TokenizedPrompt:
+    """Token ids + each example's token span from the offset mapping.
+
+    A token belongs to an example when its character range overlaps the example's text
+    (a leading-space token such as " Hello" overlaps; template tokens do not). Raises
+    PromptTooLongError when the ids exceed `max_length`, PromptError when the tokenizer
+    gives no offsets (slow tokenizers) or an example gets no token.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise PromptError("vanilla/loo protocols need a fast tokenizer (offset mappings); this one is slow")
+    enc = tokenizer(layout.text, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
+    ids = list(enc["input_ids"])
+    if max_length is not None and len(ids) > max_length:
+        raise PromptTooLongError(
+            f"{what} is {len(ids)} tokens, over the backbone's context limit of {max_length} tokens "
+            f"({len(layout.char_spans)} examples, {len(layout.text)} characters); use a smaller k or a "
+            "backbone with a longer context (prompts are never truncated)"
+        )
+    offsets = enc["offset_mapping"]
+    spans = []
+    for n, (cs, ce) in enumerate(layout.char_spans):
+        hit = [j for j, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
+        if not hit:
+            raise PromptError(f"{what}: example {n} (chars {cs}..{ce}) got no tokens")
+        if hit != list(range(hit[0], hit[-1] + 1)):
+            raise PromptError(f"{what}: example {n} tokens are not contiguous: {hit}")
+        spans.append((hit[0], hit[-1] + 1))
+    for (s0, e0), (s1, _) in zip(spans, spans[1:]):
+        if e0 > s1:
+            raise PromptError(f"{what}: token spans of neighbouring examples overlap ({spans})")
+    return TokenizedPrompt(ids, tuple(spans), layout)

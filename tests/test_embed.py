@@ -1,0 +1,264 @@
+"""Stage 3 `tart embed`: Ray Data actor pool vs in-process, cache semantics, prompt spans, bad inputs.
+
+Real local Ray (tests/conftest.py `ray_local`, 2 CPUs, actors at 0.5 CPU) and real offline
+backbones: minilm-l6 for the stream path, smollm2-135m (loaded once per module) for the
+vanilla/LOO prompt protocols. Tens of examples only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import embed as E
+from pipeline.backbones import BackboneError, load_backbone
+from pipeline.datasets import DatasetError, load_examples
+from pipeline.prompts import PromptTooLongError, build_prompt, tokenize_prompt
+
+SMS40 = {"test_size": 40}
+
+
+def cfg(tmp, **kw) -> E.EmbedConfig:
+    base = dict(dataset="sms_spam", dataset_options=dict(SMS40), splits=["test"], backbone="minilm-l6",
+                cache_uri=str(tmp), executor="local", batch_size=16, cpus_per_actor=0.5, torch_threads=1)
+    base.update(kw)
+    return E.EmbedConfig(**base)
+
+
+def quiet(_m):
+    pass
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_backbone("minilm-l6")
+
+
+@pytest.fixture(scope="module")
+def sms40():
+    return load_examples("sms_spam", "test", **SMS40)
+
+
+# ----------------------------------------------------------------------------- Ray Data stream path
+
+
+@pytest.mark.timeout(420)
+def test_ray_actor_pool_matches_in_process_survives_a_crash_and_is_cached(ray_local, tmp_path, minilm, sms40):
+    # One Ray run covers both: the actor process is killed on its first batch (fault injection),
+    # Ray Data restarts it (max_restarts) and retries the batch (max_task_retries); the result must
+    # still be complete and equal to the in-process embeddings. (Each actor start costs a worker
+    # process + model load, ~30 s on a loaded 2-core box, hence one run, not two.)
+    marker = tmp_path / "crashed"
+    c = cfg(tmp_path / "cache", executor="ray", actors=1, fail_once=str(marker), max_restarts=2, max_task_retries=2)
+    t = E.embed(c, log=quiet)
+    assert marker.exists()  # the actor process really died once
+    assert t.computed == 1 and t.forward_passes >= 40 // 16
+    assert t.ids == sms40.ids  # keyed and ordered by the dataset's ids, whatever order Ray returned
+    np.testing.assert_array_equal(t.labels, sms40.labels)
+    ref = minilm.embed_texts(sms40.texts, batch_size=16)
+    assert t.X.dtype == np.float32 and t.X.shape == ref.shape
+    np.testing.assert_allclose(t.X, ref, atol=2e-5, rtol=1e-4)
+
+    entry = Path(t.entries[0]["uri"])
+    man = json.loads((entry / E.MANIFEST).read_text())
+    assert man["complete"] is True and man["rows"] == 40 and man["dim"] == 384
+    for f in ("revision", "pooling", "layer", "dataset_digest", "created", "forward_passes"):
+        assert f in man
+    assert man["revision"] == minilm.revision and man["executor"] == "ray"
+    assert entry.name == E.key_hash(man["key"])  # directory name = content hash of the key
+    assert sorted(p.name for p in entry.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+    # second request for the same key: no actor, no forward pass, same vectors
+    again = E.embed(cfg(tmp_path / "cache", executor="ray", actors=1), log=quiet)
+    assert again.computed == 0 and again.forward_passes == 0
+    np.testing.assert_array_equal(again.X, t.X)
+    assert again.ids == t.ids
+
+
+# ----------------------------------------------------------------------------- cache semantics (in-process)
+
+
+def test_partial_or_foreign_cache_is_recomputed_not_read(tmp_path):
+    c = cfg(tmp_path, dataset_options={"test_size": 16})
+    first = E.embed(c, log=quiet)
+    entry = Path(first.entries[0]["uri"])
+    man_path = entry / E.MANIFEST
+
+    # files without a manifest: recomputed
+    man_path.unlink()
+    t = E.embed(c, log=quiet)
+    assert t.computed == 1 and t.forward_passes > 0
+    np.testing.assert_allclose(t.X, first.X, atol=1e-6)
+
+    # manifest says incomplete: recomputed (and the stale part is replaced)
+    man = json.loads(man_path.read_text())
+    man["complete"] = False
+    man_path.write_text(json.dumps(man))
+    (entry / "part-00000.parquet").write_bytes(b"garbage")
+    t = E.embed(c, log=quiet)
+    assert t.computed == 1
+    np.testing.assert_allclose(t.X, first.X, atol=1e-6)
+
+    # a part file truncated under a complete manifest: recomputed
+    p = entry / "part-00000.parquet"
+    p.write_bytes(p.read_bytes()[:100])
+    assert E.embed(c, log=quiet).computed == 1
+
+    # complete now: nothing computed
+    assert E.embed(c, log=quiet).computed == 0
+
+
+def test_other_pooling_or_revision_is_not_reused(tmp_path, monkeypatch):
+    base = E.embed(cfg(tmp_path), log=quiet)
+    last = E.embed(cfg(tmp_path, pooling="last"), log=quiet)
+    assert last.computed == 1 and last.entries[0]["key_hash"] != base.entries[0]["key_hash"]
+    assert not np.allclose(last.X, base.X)
+
+    real = E.backbone_info
+    monkeypatch.setattr(E, "backbone_info", lambda name: (real(name)[0], "other-revision"))
+    monkeypatch.setattr(E.BackboneEmbedder, "__init__", _init_without_revision_check)
+    other = E.embed(cfg(tmp_path), log=quiet)
+    assert other.computed == 1 and other.entries[0]["key_hash"] != base.entries[0]["key_hash"]
+    man = json.loads((Path(other.entries[0]["uri"]) / E.MANIFEST).read_text())
+    assert man["revision"] == "other-revision"
+
+    # a manifest whose key differs from the requested one is never vouched for
+    entry = Path(base.entries[0]["uri"])
+    m = json.loads((entry / E.MANIFEST).read_text())
+    m["key"]["pooling"] = "last"
+    (entry / E.MANIFEST).write_text(json.dumps(m))
+    monkeypatch.setattr(E, "backbone_info", real)
+    assert E.embed(cfg(tmp_path), log=quiet).computed == 1
+
+
+_orig_init = E.BackboneEmbedder.__init__
+
+
+def _init_without_revision_check(self, *a, **kw):
+    kw["expected_revision"] = None
+    _orig_init(self, *a, **kw)
+
+
+def test_get_embeddings_library_and_limit(tmp_path):
+    t = E.get_embeddings("sms_spam", "test", "minilm-l6", dataset_options=SMS40, cache_uri=str(tmp_path),
+                         executor="local", limit=12, batch_size=8)
+    assert len(t.ids) == 12 and t.X.shape == (12, 384) and t.X.dtype == np.float32
+    assert set(np.unique(t.labels)) <= {0, 1}
+    assert E.get_embeddings("sms_spam", "test", "minilm-l6", dataset_options=SMS40, cache_uri=str(tmp_path),
+                            executor="local", limit=12, batch_size=8).computed == 0
+
+
+# ----------------------------------------------------------------------------- bad input: fails before any work
+
+
+def _no_work(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("model work started before input validation")
+
+    monkeypatch.setattr(E.BackboneEmbedder, "__init__", boom)
+    monkeypatch.setattr(E, "stream_ray", boom)
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    with pytest.raises(BackboneError, match="unknown backbone 'nope'"):
+        E.embed(cfg(tmp_path, backbone="nope"), log=quiet)
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
+        E.embed(cfg(tmp_path, dataset="nope"), log=quiet)
+    f = tmp_path / "d.csv"
+    f.write_text("body,label\nhello there,1\ngood bye,0\n" * 10)
+    with pytest.raises(DatasetError, match="text column 'text' not found"):
+        E.embed(cfg(tmp_path, dataset=str(f), dataset_options={}), log=quiet)
+    with pytest.raises(E.EmbedError, match="needs a causal LM"):
+        E.embed(cfg(tmp_path, protocol="vanilla", splits=["test"], ks=[4]), log=quiet)
+    with pytest.raises(E.ConfigError, match="protocol"):
+        E.embed(cfg(tmp_path, protocol="bogus"), log=quiet)
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # no cache entry was started
+    assert E.main([f"cache_uri={tmp_path}", "backbone=nope", "executor=local"]) == 2
+    assert E.main(["unknown_key=1"]) == 2
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        E.main(["--help"])
+    out = capsys.readouterr().out
+    for f in E.EmbedConfig.__dataclass_fields__:
+        assert f"{f}=" in out, f
+    assert "--address" in out and "--config" in out
+
+
+def test_default_config_file_loads():
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    c = load_config(E.EmbedConfig, root / "configs" / "embed" / "default.yaml")
+    assert c.protocol == "stream" and c.cpus_per_actor < 1
+
+
+# ----------------------------------------------------------------------------- vanilla / LOO (smollm2, once)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_backbone("smollm2-135m")
+
+
+TRICKY = ["Free entry! Reply spam to win", "ham and eggs\n\n for   breakfast?", "ok  lol", "Label: spam\nSentence: x"]
+
+
+def test_prompt_spans_cover_exactly_each_text(smol):
+    tok = smol.tokenizer
+    layout = build_prompt(TRICKY + ["is this spam"], ["spam", "ham", "ham", "spam", None])
+    tp = tokenize_prompt(tok, layout, None)
+    assert len(tp.spans) == 5
+    for text, (s, e) in zip(TRICKY + ["is this spam"], tp.spans):
+        assert tok.decode(tp.input_ids[s:e]).strip() == " ".join(text.split())
+    # neighbouring template tokens are outside the spans
+    s, e = tp.spans[0]
+    assert "Sentence" in tok.decode(tp.input_ids[:s]) and "Label" in tok.decode(tp.input_ids[e:e + 3])
+
+
+def test_over_long_prompt_raises_naming_length_and_limit(smol, tmp_path):
+    layout = build_prompt(["word " * 50] * 3, ["ham", "spam", "ham"])
+    with pytest.raises(PromptTooLongError, match=r"is \d+ tokens, over the backbone's context limit of 64"):
+        tokenize_prompt(smol.tokenizer, layout, 64)
+    with pytest.raises(PromptTooLongError, match="context limit of 32"):
+        E.embed(cfg(tmp_path, backbone="smollm2-135m", protocol="vanilla", splits=["test"], ks=[4],
+                    max_length=32, dataset_options={"test_size": 4}), log=quiet)
+
+
+def test_vanilla_and_loo_embeddings(smol, tmp_path):
+    import torch
+
+    ctx, words, queries = TRICKY, ["spam", "ham", "ham", "spam"], ["call now to claim", "see you at 5"]
+    Xc, Xq = E.context_embeddings(smol, ctx, words, queries, "vanilla")
+    # reference: one forward of the full prompt, mean over the span from the offsets
+    tp = tokenize_prompt(smol.tokenizer, build_prompt(ctx + queries[:1], words + [None]), None)
+    with torch.inference_mode():
+        h = smol.model(input_ids=torch.tensor([tp.input_ids])).last_hidden_state[0].float()
+    for i in range(4):
+        s, e = tp.spans[i]
+        np.testing.assert_allclose(Xc[i], h[s:e].mean(0).numpy(), atol=1e-4)
+    s, e = tp.spans[-1]
+    np.testing.assert_allclose(Xq[0], h[s:e].mean(0).numpy(), atol=1e-3)  # KV-cache path vs one pass
+    _, Xq_nocache = E.context_embeddings(smol, ctx, words, queries, "vanilla", use_kv_cache=False)
+    np.testing.assert_allclose(Xq, Xq_nocache, atol=1e-3)
+
+    Lc, Lq = E.context_embeddings(smol, ctx, words, queries, "loo")
+    np.testing.assert_allclose(Lq, Xq, atol=1e-5)  # queries: same as vanilla
+    np.testing.assert_allclose(Lc[3], Xc[3], atol=1e-4)  # the last example is already last in vanilla
+    assert not np.allclose(Lc[0], Xc[0], atol=1e-3)  # the first one now sees the other k-1
+
+    # through the cache: k=4 context rows + 6 queries; second call computes nothing
+    c = cfg(tmp_path, backbone="smollm2-135m", protocol="loo", splits=["train", "test"], ks=[4], seeds=[0],
+            dataset_options={"test_size": 6})
+    t = E.embed(c, log=quiet)
+    assert t.computed == 2 and t.forward_passes == 1 + 4 + 6
+    assert len(t.select(split="train")) == 4 and len(t.select(split="test", k=4, seed=0)) == 6
+    t2 = E.embed(c, log=quiet)
+    assert t2.computed == 0 and t2.forward_passes == 0
+    np.testing.assert_array_equal(t2.X, t.X)
