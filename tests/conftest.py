@@ -31,7 +31,14 @@ def ray_local():
     parts = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if REPO_ROOT not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [REPO_ROOT, *parts] if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    for attempt in range(3):  # a loaded 2-core box can miss Ray's fixed 30 s raylet start deadline
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            break
+        except Exception:  # noqa: BLE001 - "node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield ray
     finally:
