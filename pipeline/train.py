@@ -9,10 +9,25 @@ One training loop (`train_loop`) serves three launchers:
 
 Data order is a pure function of (seed, step, rank), so a resumed run sees exactly
 the batches an uninterrupted run would have seen.
+
+`train(cfg)` checks everything it can on the driver before a worker starts (config,
+shard manifest + every shard's size/sha256, an existing checkpoint's architecture,
+the MLflow store), then fits. Every checkpoint carries `metrics.jsonl`, the history of
+all metrics reported up to its step, so the driver (the only MLflow writer: sqlite
+locks under concurrent writers) logs the full loss / synthetic_acc curves after the
+fit, without duplicates from retried segments. Each metric record has `segment_start`,
+the step its attempt resumed from. Layout of a run::
+
+    <storage>/<name>/checkpoint_00001000/  train_state.pt, model.safetensors, config.json, metrics.jsonl
+    <storage>/<name>/final/                model.safetensors, config.json (load_reasoner(path)), metrics
+    <storage>/<name>/fault_injected        marker of the one injected failure (tests)
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -29,8 +44,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, to_dict
-from .reasoner import SIZES, ReasonerConfig, ReasonerModel, save_checkpoint
+from .config import ConfigError, from_dict, load_config, to_dict
+from .reasoner import (CONFIG_FILE, SIZES, WEIGHTS_FILE, ReasonerConfig, ReasonerModel,
+                       save_checkpoint)
 from .synthetic import TaskSpec, apply_curriculum, sample_episodes_torch
 
 
@@ -80,7 +96,11 @@ class TrainConfig:
     bf16: bool = True  # autocast on GPU only
     mlflow_uri: Optional[str] = None
     experiment: str = "tart-train"
-    register_as: Optional[str] = None  # registered model name; alias `latest` set on it
+    register_as: Optional[str] = None  # registered model name in the MLflow model registry
+    register_alias: str = "candidate"  # alias set on the new version (MLflow reserves "latest")
+    system_metrics: bool = True  # MLflow system metrics (CPU/GPU/memory of the driver's node; needs psutil)
+    keep_checkpoints: int = 3  # newest checkpoints kept in storage
+    verify_data: bool = True  # sha256 every shard on the driver before training (data=<shard URI>)
     fail_at_step: Optional[int] = None  # fault injection for tests: the worker dies once at this step
     time_budget_s: float = 0.0  # > 0: stop (with a final checkpoint) once this much wall time is spent
 
@@ -106,6 +126,22 @@ class TrainConfig:
             raise ConfigError(f"micro_batch={mb} does not divide the per-worker batch {per_worker}")
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule={self.schedule!r}: expected constant or cosine")
+        if not str(self.data).strip():
+            raise ConfigError("data='': expected 'online' or a shard URI written by `tart generate`")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name={self.name!r}: expected a plain run name (no '/', not starting with '.')")
+        if not self.cpus_per_worker > 0:
+            raise ConfigError(f"cpus_per_worker={self.cpus_per_worker}: expected > 0")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints={self.keep_checkpoints}: expected >= 1")
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures={self.max_failures}: expected >= 0 (or -1 for unlimited)")
+        if self.register_alias.lower() == "latest" or not self.register_alias.strip():
+            raise ConfigError(f"register_alias={self.register_alias!r}: MLflow reserves 'latest'; pick another alias")
+        if self.fail_at_step is not None and not 0 <= self.fail_at_step < self.steps:
+            raise ConfigError(f"fail_at_step={self.fail_at_step}: expected 0 <= step < steps={self.steps}")
+        if not self.eval_ks:
+            raise ConfigError("eval_ks is empty: give at least one context size k")
         for k in self.eval_ks:
             if not 1 <= k < self.model.max_points:
                 raise ConfigError(f"eval_ks contains k={k}: expected 1 <= k < max_points={self.model.max_points}")
@@ -186,6 +222,8 @@ def synthetic_accuracy(model: ReasonerModel, task: TaskSpec, ks: list[int], n: i
     spec = TaskSpec(task.d, max(ks) + 1, task.weight_multiplier, task.variable_multiplier)
     w, x, u = sample_episodes_torch(spec, n, gen, device)
     x, y = apply_curriculum(w, x, u, spec.d, spec.points)
+    if x.shape[2] < model.cfg.d:  # shards of a smaller d: the remaining coordinates are zero
+        x = F.pad(x, (0, model.cfg.d - x.shape[2]))
     was_training = model.training
     model.eval()
     out = {}
@@ -211,6 +249,19 @@ class LoopContext:
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m  # DDP wrapper
 
 
+HISTORY_FILE = "metrics.jsonl"  # inside every checkpoint: all metrics reported up to its step
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_mean(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() / torch.distributed.get_world_size()
+
+
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
@@ -220,6 +271,7 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
     model = ReasonerModel(cfg.model).to(ctx.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     start_step = 0
+    history: list[dict] = []  # every reported metrics dict, carried inside each checkpoint
     if ctx.restore_dir:
         state = torch.load(Path(ctx.restore_dir) / "train_state.pt", map_location=ctx.device, weights_only=False)
         model.load_state_dict(state["model"], strict=True)
@@ -228,6 +280,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
+        hist_file = Path(ctx.restore_dir) / HISTORY_FILE
+        if hist_file.is_file():
+            history = [r for r in map(json.loads, hist_file.read_text().splitlines()) if r.get("step", 0) <= start_step]
+        if ctx.rank == 0:
+            print(f"[train] resuming from checkpoint at step {start_step} ({ctx.restore_dir})", flush=True)
     net = ctx.wrap(model)
 
     if cfg.data == "online":
@@ -257,6 +314,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
         for m in range(accum):
+            # DDP: all-reduce gradients once per optimizer step, not once per micro-batch
+            sync = contextlib.nullcontext() if m == accum - 1 or not hasattr(net, "no_sync") else net.no_sync()
             if cfg.data == "online":
                 w, x, u = source.batch(step, ctx.rank, m, micro)
             else:
@@ -264,10 +323,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
             xb, yb = apply_curriculum(w, x, u, dims, points)
             if xb.shape[2] < cfg.model.d:
                 xb = F.pad(xb, (0, cfg.model.d - xb.shape[2]))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(xb, yb)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb) / accum
-            loss.backward()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    logits = net(xb, yb)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), yb) / accum
+                loss.backward()
             loss_acc += loss.item()
         loss_n += 1
         if cfg.grad_clip > 0:
@@ -275,12 +335,17 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
         opt.step()
         done = step + 1
         out_of_time = cfg.time_budget_s > 0 and time.time() - t0 > cfg.time_budget_s
+        if cfg.time_budget_s > 0 and ctx.world_size > 1 and _dist_ready():
+            out_of_time = bool(_all_reduce_mean(float(out_of_time), ctx.device) > 0)  # all ranks stop together
         metrics = {}
         if done % cfg.log_every == 0 or done == cfg.steps or out_of_time:
             now = time.time()
             sps = (done - last_step) / max(1e-9, now - last_t)
+            loss_mean = loss_acc / max(1, loss_n)
+            if ctx.world_size > 1 and _dist_ready():
+                loss_mean = _all_reduce_mean(loss_mean, ctx.device)  # the loss of the global batch
             metrics.update(
-                step=done, loss=loss_acc / max(1, loss_n), lr=lr_at(cfg, step), active_dims=dims,
+                step=done, loss=loss_mean, lr=lr_at(cfg, step), active_dims=dims,
                 points=points, steps_per_s=sps, eta_s=(cfg.steps - done) / max(1e-9, sps),
             )
             last_t, last_step, loss_acc, loss_n = now, done, 0.0, 0
@@ -293,11 +358,17 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
         if done % cfg.eval_every == 0 or done == cfg.steps or out_of_time:
             metrics.update(step=done)
             metrics.update(synthetic_accuracy(model, task, cfg.eval_ks, cfg.eval_episodes, cfg.seed, ctx.device))
-        ckpt_dir = None
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time:
+        ckpt_due = done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time
+        if ckpt_due:
             metrics.update(step=done)
+        if metrics:
+            metrics["segment_start"] = start_step  # the step this attempt resumed from (0 = fresh)
+            history.append(dict(metrics, time=time.time()))
+        ckpt_dir = None
+        if ckpt_due:
             ckpt_dir = tempfile.mkdtemp(prefix="tart-ckpt-")
             if ctx.rank == 0:
+                (Path(ckpt_dir) / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
                 torch.save(
                     {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done,
                      "curriculum": {"active_dims": dims, "points": points}, "rng": _rng_state(),
@@ -347,3 +418,403 @@ def train_local(cfg: TrainConfig, out_dir: str, device: Optional[str] = None, ke
     result = train_loop(cfg, ctx, fault_marker=str(out / "fault_injected"))
     result["history"] = history
     return result
+
+
+# ---------------------------------------------------------------- Ray Train launcher
+
+
+class TrainError(RuntimeError):
+    """Training failed (after FailureConfig's retries) or its outputs could not be written."""
+
+
+FINAL_DIR = "final"
+FAULT_MARKER = "fault_injected"
+MIN_CHECKPOINT_FILES = ("train_state.pt", WEIGHTS_FILE, CONFIG_FILE)
+
+
+def storage_root(cfg: TrainConfig) -> str:
+    """Absolute storage path (Ray Train needs one); URIs (s3://, gs://) pass through."""
+    return cfg.storage if "://" in cfg.storage else str(Path(cfg.storage).expanduser().resolve())
+
+
+def run_path(cfg: TrainConfig) -> str:
+    return f"{storage_root(cfg).rstrip('/')}/{cfg.name}"
+
+
+def check_data(cfg: TrainConfig, log=print) -> Optional[dict]:
+    """Validate a shard URI on the driver (manifest, every shard's size and sha256, fit to the model).
+
+    Returns the manifest (None for online data). Raises ShardError/ConfigError/StorageError.
+    """
+    if cfg.data == "online":
+        return None
+    from . import storage
+    from .generate import ShardError, read_manifest
+
+    man = read_manifest(cfg.data)  # ShardError: missing / foreign / incomplete
+    fs, base = storage.resolve(cfg.data)
+    task = man["task"]
+    if task["d"] > cfg.model.d or task["points"] > cfg.model.max_points:
+        raise ConfigError(
+            f"shards at {cfg.data} have d={task['d']}, points={task['points']}; the model takes "
+            f"d<={cfg.model.d}, points<={cfg.model.max_points} (set model.d / model.max_points)"
+        )
+    recs = sorted(man.get("shards", []), key=lambda r: r["index"])
+    if [r["index"] for r in recs] != list(range(man["num_shards"])):
+        raise ShardError(f"{cfg.data}/_manifest.json: shard list does not cover 0..{man['num_shards'] - 1}")
+    if sum(r["rows"] for r in recs) < cfg.batch_size:
+        raise ConfigError(f"shards at {cfg.data} hold {sum(r['rows'] for r in recs)} episodes, fewer than one "
+                          f"batch (batch_size={cfg.batch_size})")
+    t0 = time.time()
+    for rec in recs:
+        path = storage.join(base, rec["name"])
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            raise ShardError(f"{cfg.data}/{rec['name']}: missing (listed in the manifest)") from None
+        if size != rec["bytes"]:
+            raise ShardError(f"{cfg.data}/{rec['name']}: {size} bytes, the manifest expects {rec['bytes']} "
+                             "(truncated or replaced)")
+        if cfg.verify_data and storage.sha256_bytes(storage.read_bytes(fs, path)) != rec["sha256"]:
+            raise ShardError(f"{cfg.data}/{rec['name']}: sha256 differs from the manifest (corrupt or replaced)")
+    log(f"[train] data {cfg.data}: {man['episodes']} episodes in {len(recs)} shards, d={task['d']}, "
+        f"points={task['points']} ({'verified' if cfg.verify_data else 'sizes checked'} in {time.time() - t0:.1f}s)")
+    return man
+
+
+def latest_checkpoint(cfg: TrainConfig):
+    """The newest checkpoint Ray Train registered for this run (name + storage), or None."""
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    from ray.train import Result
+    from ray.train.v2._internal.execution.storage import _exists_at_fs_path, get_fs_and_path
+
+    fs, path = get_fs_and_path(run_path(cfg))
+    if not _exists_at_fs_path(fs, f"{path}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}"):
+        return None
+    return Result.from_path(run_path(cfg)).checkpoint
+
+
+def _read_checkpoint_file(ckpt, name: str) -> bytes:
+    with ckpt.filesystem.open_input_file(f"{ckpt.path.rstrip('/')}/{name}") as f:
+        return f.read()
+
+
+def check_resume(cfg: TrainConfig, log=print) -> Optional[dict]:
+    """If the run already has a checkpoint, check it fits this config; returns its config.json (or None).
+
+    A checkpoint of another reasoner architecture (or an unreadable one) is a ConfigError
+    here, before any worker starts, instead of a shape error inside every retry.
+    """
+    ckpt = latest_checkpoint(cfg)
+    if ckpt is None:
+        return None
+    try:
+        meta = json.loads(_read_checkpoint_file(ckpt, CONFIG_FILE))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"run {cfg.name!r} at {storage_root(cfg)}: latest checkpoint {ckpt.path} is unreadable "
+                          f"({e}); use another name= or remove the run directory") from None
+    theirs, ours = meta.get("reasoner", {}), asdict(cfg.model)
+    diffs = [f"{k}: checkpoint {theirs.get(k)!r} vs config {ours.get(k)!r}"
+             for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+    if diffs:
+        raise ConfigError(
+            f"run {cfg.name!r} at {storage_root(cfg)} has a checkpoint (step {meta.get('step')}) of another reasoner "
+            f"architecture ({'; '.join(diffs)}); resuming it with this config is impossible: use another name= "
+            "or the checkpoint's model settings"
+        )
+    log(f"[train] run {cfg.name!r} has a checkpoint at step {meta.get('step')}: resuming from {ckpt.path}")
+    return meta
+
+
+def _worker_fn(config: dict) -> dict:
+    """Per-worker entry point of the TorchTrainer: the shared `train_loop` under Ray Train."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = from_dict(TrainConfig, config["cfg"])
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    def report(metrics: dict, ckpt_dir: Optional[str]) -> None:
+        if ckpt_dir:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir),
+                             checkpoint_dir_name=f"checkpoint_{metrics['step']:08d}")
+        else:
+            ray.train.report(metrics)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+
+    ckpt = ray.train.get_checkpoint()
+    with (ckpt.as_directory() if ckpt else contextlib.nullcontext(None)) as restore_dir:
+        ctx = LoopContext(rank, world, device, report, restore_dir, wrap)
+        return train_loop(cfg, ctx, fault_marker=config["fault_marker"])
+
+
+def _export_final(ckpt, cfg: TrainConfig, final_metrics: dict) -> str:
+    """Copy model.safetensors + config.json (+ metrics) of `ckpt` to <storage>/<name>/final/ atomically."""
+    from . import storage
+
+    dest = f"{run_path(cfg)}/{FINAL_DIR}"
+    fs, base = storage.resolve(dest)
+    fs.makedirs(base, exist_ok=True)
+    for name in (WEIGHTS_FILE, CONFIG_FILE, HISTORY_FILE):
+        try:
+            data = _read_checkpoint_file(ckpt, name)
+        except FileNotFoundError:
+            if name == HISTORY_FILE:
+                continue
+            raise TrainError(f"checkpoint {ckpt.path} lacks {name}") from None
+        storage.atomic_write_bytes(fs, storage.join(base, name), data)
+    storage.write_json_atomic(fs, storage.join(base, "final_metrics.json"), final_metrics)
+    return dest
+
+
+def _history(ckpt) -> list[dict]:
+    try:
+        text = _read_checkpoint_file(ckpt, HISTORY_FILE).decode()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def train(cfg: TrainConfig, log=print, address: Optional[str] = None, num_cpus: Optional[float] = None) -> dict:
+    """Stage 2 on Ray Train. Validates everything on the driver, then fits; returns a report.
+
+    `address` / `num_cpus`: how to start or join Ray when it is not initialised yet.
+    Report keys: checkpoint (path of the latest checkpoint), final_dir (<storage>/<name>/final),
+    metrics (last metrics), history (all metric records), resumed_from (step or None),
+    mlflow_run_id, model_version.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from . import tracking
+
+    cfg.validate()
+    t0 = time.time()
+    # 1. everything that can be wrong is checked before a worker starts
+    check_data(cfg, log)
+    _init_ray(address, num_cpus)  # after the data checks; a no-op when already connected
+    if cfg.gpu and ray.cluster_resources().get("GPU", 0) < cfg.workers:
+        raise ConfigError(f"gpu=true with workers={cfg.workers}, but the Ray cluster has "
+                          f"{ray.cluster_resources().get('GPU', 0):g} GPU(s)")
+    resume_meta = check_resume(cfg, log)
+    resumed_from = resume_meta.get("step") if resume_meta else None
+    uri = tracking.connect(cfg.mlflow_uri, log=log)
+    exp_id = tracking.ensure_experiment(cfg.experiment, uri)
+    sysm = cfg.system_metrics and tracking.system_metrics_available()
+    if cfg.system_metrics and not sysm:
+        log("[mlflow] psutil is not installed: system metrics are not logged")
+
+    run = tracking.start_or_resume_run(
+        exp_id, run_key=f"{run_path(cfg)}", run_name=cfg.name, system_metrics=sysm,
+        tags={"tart.stage": "train", "tart.storage": run_path(cfg), "tart.data": cfg.data,
+              "tart.workers": cfg.workers, "tart.device": "gpu" if cfg.gpu else "cpu"},
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        changed = tracking.log_params_once(run_id, tracking.flatten_params(cfg))
+        if changed:
+            log(f"[mlflow] resumed run {run_id}: changed settings recorded as override.* tags: {sorted(changed)}")
+        if resumed_from is not None and resumed_from >= cfg.steps:
+            log(f"[train] run {cfg.name!r} is already at step {resumed_from} >= steps={cfg.steps}; nothing to train")
+            ckpt = latest_checkpoint(cfg)
+        else:
+            trainer = TorchTrainer(
+                _worker_fn,
+                train_loop_config={"cfg": to_dict(cfg), "fault_marker": f"{run_path(cfg)}/{FAULT_MARKER}"},
+                torch_config=TorchConfig(backend="nccl" if cfg.gpu else "gloo"),
+                scaling_config=ScalingConfig(
+                    num_workers=cfg.workers, use_gpu=cfg.gpu,
+                    resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})},
+                ),
+                run_config=RunConfig(
+                    name=cfg.name, storage_path=storage_root(cfg),
+                    failure_config=FailureConfig(max_failures=cfg.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                    # Train V2 patches print() to ALSO go through its logger: every progress line
+                    # would reach the driver (and `ray job logs`) twice. Plain prints are forwarded.
+                    worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+                ),
+            )
+            log(f"[train] fitting {cfg.name!r}: {cfg.workers} {'GPU' if cfg.gpu else 'CPU'} worker(s), "
+                f"{cfg.steps} steps, batch {cfg.batch_size} (accumulation {cfg.accumulation}), storage {run_path(cfg)}")
+            try:
+                result = trainer.fit()
+            except Exception as e:  # TrainingFailedError after max_failures retries
+                raise TrainError(f"training {cfg.name!r} failed after {cfg.max_failures} retries: "
+                                 f"{type(e).__name__}: {e}") from e
+            if result.error is not None:
+                raise TrainError(f"training {cfg.name!r} failed: {result.error}")
+            ckpt = result.checkpoint
+        if ckpt is None:
+            raise TrainError(f"run {cfg.name!r} produced no checkpoint")
+        history = _history(ckpt)
+        steps = [r for r in history if "loss" in r]
+        final_metrics = {}
+        for r in history:
+            final_metrics.update({k: v for k, v in r.items() if k != "time"})
+        final_dir = _export_final(ckpt, cfg, final_metrics)
+        # 2. the driver is the only MLflow writer: curves from the checkpoint's history, then the model
+        n_points = tracking.log_history(run_id, history, skip=("step", "time"))
+        import mlflow
+
+        with tempfile.TemporaryDirectory(prefix="tart-final-") as tmp:  # works for remote storage too
+            for name in (WEIGHTS_FILE, CONFIG_FILE, HISTORY_FILE):
+                try:
+                    (Path(tmp) / name).write_bytes(_read_checkpoint_file(ckpt, name))
+                except FileNotFoundError:
+                    pass
+            mlflow.log_artifacts(tmp, artifact_path="reasoner")
+        version = None
+        if cfg.register_as:
+            version = tracking.register_directory(
+                run_id, "reasoner", cfg.register_as, cfg.register_alias,
+                description="TART reasoner trained on synthetic logistic-regression episodes",
+                tags={"step": final_metrics.get("step"), "storage": run_path(cfg)},
+            )
+            log(f"[mlflow] registered {cfg.register_as} version {version} (alias @{cfg.register_alias})")
+        mlflow.set_tags({"tart.checkpoint": ckpt.path, "tart.final_dir": final_dir,
+                         "tart.final_step": final_metrics.get("step")})
+        status = "FINISHED"
+    finally:
+        import mlflow
+
+        mlflow.end_run(status=status)
+    log(f"[train] done in {time.time() - t0:.1f}s; checkpoint {ckpt.path}; reasoner exported to {final_dir}; "
+        f"{n_points} metric points logged to MLflow run {run_id} ({tracking.redact(uri)})")
+    return {"checkpoint": ckpt.path, "final_dir": final_dir, "metrics": final_metrics, "history": history,
+            "resumed_from": resumed_from, "mlflow_run_id": run_id, "model_version": version,
+            "train_steps_logged": len(steps)}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+FIELD_HELP = {
+    "name": "run name: same name + storage resumes from the latest checkpoint",
+    "storage": "Ray Train storage_path (local dir, or s3://, gs:// shared by all nodes)",
+    "data": "'online' (fresh episodes every step) or a shard URI written by `tart generate`",
+    "seed": "model init and data order; data order is a pure function of (seed, step, rank)",
+    "size": "preset " + " | ".join(f"{k}={v}" for k, v in SIZES.items()) + " (overrides model.n_*)",
+    "model.d": "input dimension of the reasoner",
+    "model.max_points": "longest (x, y) sequence; k + 1 <= max_points at inference",
+    "model.n_layer": "decoder blocks", "model.n_head": "attention heads", "model.n_embd": "width",
+    "task.d": "online data: dimension of x and w", "task.points": "online data: (x, y) pairs per episode",
+    "task.weight_multiplier": "online data: w ~ N(0, I) * multiplier",
+    "task.variable_multiplier": "online data: per-episode multiplier from {1..weight_multiplier}",
+    "curriculum.dims_start": "active dims at step 0", "curriculum.dims_step": "+dims per interval",
+    "curriculum.points_start": "points at step 0", "curriculum.points_step": "+points per interval",
+    "curriculum.interval": "optimizer steps between curriculum increments",
+    "steps": "optimizer steps in total (raise it and re-run the same name to train further)",
+    "batch_size": "global sequences per optimizer step (split over workers)",
+    "micro_batch": "per-worker sequences per forward (gradient accumulation); 0 = no accumulation",
+    "lr": "peak learning rate (AdamW)", "warmup_steps": "linear warmup steps",
+    "schedule": "constant | cosine", "min_lr_ratio": "cosine floor as a fraction of lr",
+    "weight_decay": "AdamW weight decay", "grad_clip": "max gradient norm (0 = off)",
+    "checkpoint_every": "steps between checkpoints", "eval_every": "steps between synthetic evaluations",
+    "eval_episodes": "held-out episodes per evaluation", "eval_ks": "context sizes k evaluated (k < max_points)",
+    "log_every": "steps between progress lines / metric points",
+    "workers": "Ray Train workers (DDP)", "gpu": "one GPU per worker, nccl (else CPU workers, gloo)",
+    "cpus_per_worker": "CPUs per worker (fractional on small machines: 1.0 x 2 workers deadlocks 2 cores)",
+    "max_failures": "worker-group restarts from the latest checkpoint before giving up (-1: unlimited)",
+    "bf16": "bf16 autocast on GPU", "mlflow_uri": "tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)",
+    "experiment": "MLflow experiment", "register_as": "register the final reasoner under this model name",
+    "register_alias": "alias set on the registered version ('latest' is reserved by MLflow)",
+    "system_metrics": "log MLflow system metrics from the driver's node (needs psutil)",
+    "keep_checkpoints": "newest checkpoints kept in storage", "verify_data": "sha256 every shard before training",
+    "fail_at_step": "fault injection for tests: a worker dies once at this step (marker in the run dir)",
+    "time_budget_s": "> 0: stop with a final checkpoint after this many seconds",
+}
+
+
+def _defaults_epilog() -> str:
+    lines = ["config keys (YAML file and/or key=value overrides; defaults shown):"]
+
+    def walk(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{key}.")
+            else:
+                lines.append(f"  {key + '=' + json.dumps(value):<36} {FIELD_HELP.get(key, '')}")
+
+    walk(TrainConfig())
+    lines += [
+        "",
+        "examples:",
+        "  tart train --config configs/train/tiny-cpu.yaml",
+        "  tart train --config configs/train/default.yaml --address auto workers=4 register_as=tart-reasoner",
+        "  tart train size=tiny steps=200 data=tart_runs/episodes/small name=try1",
+        "Re-running with the same name and storage resumes from the latest checkpoint; the",
+        "final reasoner is exported to <storage>/<name>/final/ (load_reasoner(path) reads it).",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tart train",
+        description="Train the TART reasoner on synthetic logistic-regression episodes with Ray Train "
+        "(DDP on CPU workers or GPUs), with checkpoints, resume, retries and MLflow tracking.",
+        epilog=_defaults_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="PATH", help="YAML config file (e.g. configs/train/tiny-cpu.yaml)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
+    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
+                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=200 size=tiny")
+    return p
+
+
+def _init_ray(address: Optional[str], num_cpus: Optional[float]) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return
+    # local workers inherit the driver's environment: make `pipeline` importable without pip install
+    root = str(Path(__file__).resolve().parents[1])
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import tracking
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        report = train(cfg, address=args.address, num_cpus=args.num_cpus)
+    except (ValueError, OSError, tracking.TrackingError) as e:  # ConfigError, ShardError, StorageError, ...
+        print(f"tart train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainError as e:
+        print(f"tart train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"checkpoint: {report['checkpoint']}")
+    print(f"final reasoner: {report['final_dir']}  (pipeline.reasoner.load_reasoner(path) loads it)")
+    shown = {k: v for k, v in report["metrics"].items() if k not in ("time",)}
+    print(json.dumps({"final_metrics": shown, "resumed_from": report["resumed_from"],
+                      "mlflow_run_id": report["mlflow_run_id"], "model_version": report["model_version"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
