@@ -1,0 +1,264 @@
+"""The ICL baseline: the causal backbone's own in-context learning, scored, never generated.
+
+Prompt (the method's template; one block per context example, then the query):
+
+    Sentence: <context text 1>\\nLabel: <word of its label>\\n
+    ...
+    Sentence: <query text>\\nLabel:
+
+Scoring: each label word w is scored by the log-probability the model gives to the
+tokens of " w" (leading space) right after "Label:". For a word that is one token
+this is that token's next-token log-prob; a word of several tokens gets the SUM of
+its tokens' log-probs, each conditioned on the previous ones (the full-sequence
+likelihood; it favours shorter words, so prefer single-token label words — the
+scorer reports how many tokens each word has in `label_token_counts`). With
+`scoring="first"` only the first token counts (an error if the two words share it).
+P(label=1) = softmax over the two word scores. No text is generated or parsed, so a
+label word inside a sentence cannot confuse anything.
+
+Efficiency: the context part of the prompt is the same for every query, so it is
+forwarded ONCE and its KV cache (`past_key_values`) kept; queries are then scored in
+batches on an expanded copy of that cache, each batch forwarding only its own
+"Sentence: <query>\\nLabel:" tokens (right-padded; positions continue after the
+context). The prompt is tokenised as context tokens + query tokens, exactly the
+sequence `use_cache=False` (the naive path that forwards the whole prompt per query)
+reads, so both paths score the same token sequence.
+
+Length: every prompt (context + query + label tokens) is checked against the model's
+maximum context (config.max_position_embeddings, or `max_length` if smaller) BEFORE
+any forward pass; too long raises `ICLError` naming the length and the limit. Nothing
+is ever truncated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+TEMPLATE_EXAMPLE = "Sentence: {text}\nLabel: {label}\n"
+TEMPLATE_QUERY = "Sentence: {text}\nLabel:"
+SCORINGS = ("sum", "first")
+
+
+class ICLError(ValueError):
+    """Bad ICL input or a prompt that does not fit the model; the message says which."""
+
+
+def context_prompt(texts: Sequence[str], labels: Sequence[int], label_words: Sequence[str]) -> str:
+    """The shared prefix: one 'Sentence: ...\\nLabel: <word>\\n' block per context example."""
+    return "".join(TEMPLATE_EXAMPLE.format(text=t, label=label_words[int(y)]) for t, y in zip(texts, labels))
+
+
+def query_prompt(text: str) -> str:
+    return TEMPLATE_QUERY.format(text=text)
+
+
+def model_max_length(model: Any, tokenizer: Any = None) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(model.config, "n_positions", None)]
+    if tokenizer is not None:
+        limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in limits if x and x < 1_000_000]
+    if not limits:
+        raise ICLError("cannot tell the model's maximum context (no max_position_embeddings); pass max_length")
+    return min(limits)
+
+
+@dataclass
+class _Prepared:
+    prefix: list[int]
+    queries: list[list[int]]
+    words: list[list[int]]  # token ids of " word" per label
+
+
+class ICLScorer:
+    """Scores binary ICL prompts with a causal LM (`tokenizer`, `model` from `load_causal_lm`).
+
+    label_words: words for label 0 and 1 (e.g. a dataset's `label_names`).
+    batch_size: queries per forward pass on the cached context.
+    max_length: optional tighter limit than the model's own maximum context.
+    """
+
+    def __init__(self, tokenizer: Any, model: Any, label_words: Sequence[str] = ("negative", "positive"),
+                 batch_size: int = 8, max_length: int | None = None, scoring: str = "sum"):
+        if len(label_words) != 2:
+            raise ICLError(f"label_words must hold exactly 2 words (label 0, label 1); got {list(label_words)}")
+        words = [str(w).strip() for w in label_words]
+        if not all(words) or words[0] == words[1]:
+            raise ICLError(f"label_words must be two different non-empty words; got {list(label_words)}")
+        if scoring not in SCORINGS:
+            raise ICLError(f"scoring={scoring!r}: expected one of {', '.join(SCORINGS)}")
+        if batch_size < 1:
+            raise ICLError(f"batch_size={batch_size}: expected >= 1")
+        self.tokenizer, self.model = tokenizer, model
+        self.label_words = tuple(words)
+        self.batch_size = int(batch_size)
+        self.scoring = scoring
+        limit = model_max_length(model)
+        self.max_length = min(limit, int(max_length)) if max_length else limit
+        self.word_ids = [self._ids(" " + w) for w in words]
+        if any(len(t) == 0 for t in self.word_ids):
+            raise ICLError(f"a label word tokenises to nothing: {list(zip(words, self.word_ids))}")
+        if scoring == "first" and self.word_ids[0][0] == self.word_ids[1][0]:
+            raise ICLError(f"label words {words} share their first token {self.word_ids[0][0]}; use scoring='sum'")
+        if scoring == "first":
+            self.word_ids = [t[:1] for t in self.word_ids]
+        self.forward_count = 0
+        import inspect
+
+        self._forward_params = set(inspect.signature(model.forward).parameters)
+        # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
+        self._cache_kw = "cache" if "cache" in self._forward_params else "past_key_values"
+
+    @property
+    def label_token_counts(self) -> tuple[int, int]:
+        return (len(self.word_ids[0]), len(self.word_ids[1]))
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    @property
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ preparation
+
+    def prepare(self, context_texts: Sequence[str], context_labels: Sequence[int],
+                query_texts: Sequence[str]) -> _Prepared:
+        """Tokenise and check lengths; raises before any forward pass."""
+        ctx = list(context_texts)
+        ys = np.asarray(context_labels)
+        if ys.ndim != 1 or len(ys) != len(ctx):
+            raise ICLError(f"{len(ctx)} context texts but context labels of shape {ys.shape}")
+        if len(ctx) and not np.isin(ys, (0, 1)).all():
+            raise ICLError(f"context labels must be 0/1; got {sorted(set(ys.tolist()))[:5]}")
+        for name, texts in (("context", ctx), ("query", list(query_texts))):
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) or not t.strip():
+                    raise ICLError(f"{name} text {i} is empty or not a string: {t!r}")
+        prefix = self._ids(context_prompt(ctx, ys, self.label_words), special=True) if ctx else []
+        if not prefix:  # zero-shot: start from the model's own BOS handling of the query
+            bos = getattr(self.tokenizer, "bos_token_id", None)
+            prefix = [bos] if bos is not None else []
+        queries = [self._ids(query_prompt(t)) for t in query_texts]
+        extra = max(len(w) for w in self.word_ids) - 1  # label tokens fed after the query
+        worst = max((len(q) for q in queries), default=0)
+        total = len(prefix) + worst + extra
+        if total > self.max_length:
+            i = int(np.argmax([len(q) for q in queries])) if queries else -1
+            raise ICLError(
+                f"ICL prompt is {total} tokens (context {len(prefix)} for k={len(ctx)} + longest query "
+                f"{worst} [query {i}] + {extra} label tokens) but the model's limit is {self.max_length}; "
+                f"use a smaller k or shorter texts (prompts are never truncated)"
+            )
+        return _Prepared(prefix=prefix, queries=queries, words=self.word_ids)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _sequences(self, q_ids: list[int]) -> list[tuple[list[int], list[tuple[int, int, int]]]]:
+        """Token suffixes to forward for one query and, per label, where its log-probs sit.
+
+        Returns a list of (suffix tokens, [(label, position in suffix whose logits predict
+        the token, token id), ...]). Single-token words share one suffix.
+        """
+        if all(len(w) == 1 for w in self.word_ids):
+            last = len(q_ids) - 1
+            return [(q_ids, [(c, last, self.word_ids[c][0]) for c in (0, 1)])]
+        out = []
+        for c in (0, 1):
+            w = self.word_ids[c]
+            seq = q_ids + w[:-1]
+            out.append((seq, [(c, len(q_ids) - 1 + j, w[j]) for j in range(len(w))]))
+        return out
+
+    def _forward_batch(self, seqs: list[list[int]], past: Any, past_len: int) -> Any:
+        """Log-softmax (B, L, V) of right-padded `seqs` continuing `past` (or from scratch)."""
+        import torch
+
+        dev = self._device
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), past_len + width), dtype=torch.long)
+        mask[:, :past_len] = 1
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, past_len : past_len + len(s)] = 1
+        kw: dict = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=past is not None)
+        if past is not None:
+            kw[self._cache_kw] = past
+            kw["position_ids"] = (torch.arange(width) + past_len).unsqueeze(0).expand(len(seqs), -1).to(dev)
+        with torch.inference_mode():
+            out = self.model(**kw)
+        self.forward_count += 1
+        return torch.log_softmax(out.logits.float(), dim=-1)
+
+    def _prefix_cache(self, prefix: list[int]) -> Any:
+        import torch
+
+        kw: dict = {}
+        if "logits_to_keep" in self._forward_params:  # the prefix's logits are never read
+            kw["logits_to_keep"] = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True, **kw)
+        self.forward_count += 1
+        cache = getattr(out, "cache", None) if self._cache_kw == "cache" else None
+        return cache if cache is not None else out.past_key_values
+
+    @staticmethod
+    def _expand(cache: Any, n: int) -> Any:
+        """A private copy of a batch-1 cache repeated to batch n (the forward appends to it)."""
+        c = copy.deepcopy(cache)
+        if n > 1:
+            c.batch_repeat_interleave(n)
+        return c
+
+    def label_scores(self, context_texts: Sequence[str], context_labels: Sequence[int],
+                     query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        """(q, 2) summed log-probs of the two label words for each query."""
+        prep = self.prepare(context_texts, context_labels, query_texts)
+        q = len(prep.queries)
+        scores = np.zeros((q, 2))
+        if q == 0:
+            return scores
+        jobs = []  # (query index, suffix, targets)
+        for i, qi in enumerate(prep.queries):
+            for seq, targets in self._sequences(qi):
+                jobs.append((i, seq, targets))
+        # Similar lengths together: less padding per batch.
+        jobs.sort(key=lambda j: len(j[1]))
+        cache = self._prefix_cache(prep.prefix) if (use_cache and prep.prefix) else None
+        P = len(prep.prefix)
+        for s in range(0, len(jobs), self.batch_size):
+            batch = jobs[s : s + self.batch_size]
+            if cache is not None:
+                lp = self._forward_batch([j[1] for j in batch], self._expand(cache, len(batch)), P)
+                off = 0
+            else:  # naive: the whole prompt for every query
+                lp = self._forward_batch([prep.prefix + j[1] for j in batch], None, 0)
+                off = P
+            for r, (i, _, targets) in enumerate(batch):
+                for c, pos, tok in targets:
+                    if off + pos < 0:
+                        raise ICLError("zero-shot scoring of a query needs a BOS token or a context")
+                    scores[i, c] += float(lp[r, off + pos, tok])
+        return scores
+
+    def predict_proba(self, context_texts: Sequence[str], context_labels: Sequence[int],
+                      query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
+        """P(label = 1) for each query: softmax over the two label-word scores."""
+        s = self.label_scores(context_texts, context_labels, query_texts, use_cache=use_cache)
+        if s.shape[0] == 0:
+            return np.zeros(0)
+        d = s[:, 1] - s[:, 0]
+        return 1.0 / (1.0 + np.exp(-np.clip(d, -700, 700)))
+
+
+def icl_predict_proba(tokenizer: Any, model: Any, context_texts: Sequence[str], context_labels: Sequence[int],
+                      query_texts: Sequence[str], label_words: Sequence[str] = ("negative", "positive"),
+                      batch_size: int = 8, use_cache: bool = True, **kw: Any) -> np.ndarray:
+    """One-call form of `ICLScorer(...).predict_proba(...)`."""
+    scorer = ICLScorer(tokenizer, model, label_words=label_words, batch_size=batch_size, **kw)
+    return scorer.predict_proba(context_texts, context_labels, query_texts, use_cache=use_cache)

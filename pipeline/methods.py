@@ -1,0 +1,263 @@
+"""Stage 4's inner loop: the few-shot methods that turn (context, queries) into P(y=1).
+
+Every method takes one episode of precomputed embeddings
+
+    Xc (k, D) context embeddings, yc (k,) labels in {0, 1}, Xq (q, D) query embeddings
+
+and returns P(label = 1) for every query, shape (q,). They live in a registry by name
+behind one entry point, `run_method(name, Xc, yc, Xq, reasoner=None, **opts)`:
+
+    tart      PCA to d dims + whitening, both fitted on the k context embeddings only
+              (`fit_whitening`), then the reasoner reads the k (x, y) pairs and answers
+              all q queries in ONE batched call (`Reasoner.predict_proba`).
+    lr_probe  scikit-learn LogisticRegression on the same whitened d-dim features: the
+              paper's "probe on the same features" baseline.
+    lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
+              context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
+
+Whitening (`fit_whitening`): centre with the context mean, project on the top-d
+principal directions of the context (SVD, deterministic signs), divide every
+coordinate by sqrt(variance + eps * top variance). After the projection the context
+covariance is diagonal, so this IS whitening with the context covariance (the
+regularised inverse square root), with an epsilon the reference lacked. Degenerate
+inputs stay finite: directions with (numerically) no context variance — constant
+features, duplicate rows, D < d, all-identical rows — are mapped to 0, the value the
+reasoner saw for inactive coordinates during its curriculum. The output always has d
+columns. TART needs k > d points to fit d directions: k <= d raises `MethodError`
+unless `allow_small_k=True` (then only k-1 directions carry data, the rest are 0).
+
+One-class contexts (every context label equal): by default every method raises
+`MethodError` (logistic regression is undefined and the reasoner would only echo the
+label). `one_class="constant"` instead returns the smoothed class frequency
+(k+1)/(k+2) or 1/(k+2) for every query (Laplace's rule of succession), no model run.
+
+Bad inputs raise `MethodError` (a ValueError) naming the problem: wrong ranks or
+mismatched shapes, non-binary labels, NaN/inf, k <= d for the PCA methods, k above the
+reasoner's trained context, an unknown method or option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+ONE_CLASS_POLICIES = ("error", "constant")
+DEFAULT_EPS = 1e-6
+RANK_RTOL = 1e-9  # a direction with variance <= RANK_RTOL * top variance carries no data
+
+
+class MethodError(ValueError):
+    """Bad input to a few-shot method; the message says what and why."""
+
+
+# ----------------------------------------------------------------------------- whitening
+
+
+@dataclass
+class Whitening:
+    """Affine map X -> ((X - mean) @ components.T) * scale, fitted on context embeddings.
+
+    components (d, D) are orthonormal principal directions (rows; zero rows where the
+    context has fewer directions than d), scale (d,) is 1/sqrt(var + eps*var_max) for
+    directions with data and 0 for the rest.
+    """
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (d, D)
+    scale: np.ndarray  # (d,)
+    variances: np.ndarray  # (d,) context variance along each direction (0 where none)
+    eps: float
+    n_informative: int  # directions with real context variance
+
+    @property
+    def d(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def transform(self, X: Any) -> np.ndarray:
+        X = _as_matrix(X, "X")
+        if X.shape[1] != self.input_dim:
+            raise MethodError(f"X has {X.shape[1]} features; the whitening was fitted on {self.input_dim}")
+        Z = ((X - self.mean) @ self.components.T) * self.scale
+        return Z.astype(np.float64, copy=False)
+
+
+def _as_matrix(X: Any, name: str) -> np.ndarray:
+    try:
+        A = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise MethodError(f"{name} is not a numeric array ({e})") from None
+    if A.ndim != 2:
+        raise MethodError(f"{name} must be 2-D (n, dim); got shape {A.shape}")
+    if not np.isfinite(A).all():
+        raise MethodError(f"{name} contains NaN or infinite values")
+    return A
+
+
+def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k: bool = False) -> Whitening:
+    """PCA to `d` dims + whitening, fitted on the k context embeddings `Xc` (k, D) only."""
+    Xc = _as_matrix(Xc, "Xc")
+    k, D = Xc.shape
+    if not isinstance(d, (int, np.integer)) or d < 1:
+        raise MethodError(f"d={d!r}: expected a positive integer")
+    if not (eps >= 0 and np.isfinite(eps)):
+        raise MethodError(f"eps={eps!r}: expected a finite number >= 0")
+    if k < 2:
+        raise MethodError(f"k={k}: whitening needs at least 2 context points")
+    if k <= d and not allow_small_k:
+        raise MethodError(
+            f"k={k} context points for d={d} PCA dims: TART needs k > d (k >= {d + 1}); "
+            f"lower d, add context points, or pass allow_small_k=True"
+        )
+    mean = Xc.mean(axis=0)
+    C = Xc - mean
+    # Economy SVD of the centred context: rows of Vt are the principal directions.
+    _, S, Vt = np.linalg.svd(C, full_matrices=False)
+    # Deterministic signs (as sklearn's svd_flip): the largest |loading| of each direction is > 0.
+    big = np.argmax(np.abs(Vt), axis=1)
+    signs = np.sign(Vt[np.arange(Vt.shape[0]), big])
+    signs[signs == 0] = 1.0
+    Vt = Vt * signs[:, None]
+    var = S**2 / (k - 1)
+    n = min(d, Vt.shape[0])
+    components = np.zeros((d, D))
+    variances = np.zeros(d)
+    components[:n] = Vt[:n]
+    variances[:n] = var[:n]
+    vmax = float(var[0]) if var.size else 0.0
+    informative = variances > RANK_RTOL * vmax if vmax > 0 else np.zeros(d, dtype=bool)
+    scale = np.zeros(d)
+    scale[informative] = 1.0 / np.sqrt(variances[informative] + eps * vmax)
+    components[~informative] = 0.0  # no context variance along it: maps everything to 0
+    return Whitening(mean=mean, components=components, scale=scale, variances=variances, eps=float(eps),
+                     n_informative=int(informative.sum()))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_episode(Xc: Any, yc: Any, Xq: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate one episode; returns float64 Xc (k, D), int64 yc (k,), float64 Xq (q, D)."""
+    Xc = _as_matrix(Xc, "Xc (context embeddings)")
+    Xq = _as_matrix(Xq, "Xq (query embeddings)")
+    y = np.asarray(yc)
+    if y.ndim != 1:
+        raise MethodError(f"yc must be 1-D (k,); got shape {y.shape}")
+    if y.shape[0] != Xc.shape[0]:
+        raise MethodError(f"shape mismatch: Xc has {Xc.shape[0]} rows but yc has {y.shape[0]} labels")
+    if Xq.shape[1] != Xc.shape[1]:
+        raise MethodError(f"shape mismatch: Xc has {Xc.shape[1]} features, Xq has {Xq.shape[1]}")
+    if Xc.shape[0] == 0:
+        raise MethodError("empty context: k=0")
+    try:
+        yf = y.astype(np.float64)
+    except (TypeError, ValueError):
+        raise MethodError(f"labels must be 0/1; got values {sorted(set(map(str, y.tolist())))[:5]}") from None
+    if not np.isin(yf, (0.0, 1.0)).all():
+        bad = sorted(set(np.unique(y[~np.isin(yf, (0.0, 1.0))]).tolist()))[:5]
+        raise MethodError(f"labels must be binary 0/1; found {bad} (map two classes to 0/1 first)")
+    return Xc, yf.astype(np.int64), Xq
+
+
+# ----------------------------------------------------------------------------- registry
+
+MethodFn = Callable[..., np.ndarray]
+METHODS: dict[str, MethodFn] = {}
+NEEDS_REASONER: set[str] = set()
+
+
+def register(name: str, needs_reasoner: bool = False) -> Callable[[MethodFn], MethodFn]:
+    def deco(fn: MethodFn) -> MethodFn:
+        if name in METHODS:
+            raise MethodError(f"method {name!r} is already registered")
+        METHODS[name] = fn
+        if needs_reasoner:
+            NEEDS_REASONER.add(name)
+        return fn
+
+    return deco
+
+
+def known_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_class: str = "error",
+               **opts: Any) -> np.ndarray:
+    """P(label=1) for each query (q,) by method `name`; `opts` go to the method.
+
+    tart: d (default reasoner.d), eps, allow_small_k. lr_probe: d, eps, allow_small_k, C,
+    max_iter. lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
+    """
+    if name not in METHODS:
+        raise MethodError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
+    if one_class not in ONE_CLASS_POLICIES:
+        raise MethodError(f"one_class={one_class!r}: expected one of {', '.join(ONE_CLASS_POLICIES)}")
+    Xc, y, Xq = check_episode(Xc, yc, Xq)
+    if name in NEEDS_REASONER and reasoner is None:
+        raise MethodError(f"method {name!r} needs a reasoner (pipeline.reasoner.load_reasoner())")
+    if y.min() == y.max():
+        k, c = len(y), int(y[0])
+        if one_class == "error":
+            raise MethodError(
+                f"one-class context: all {k} context labels are {c}; every method needs both classes "
+                f"(use class-balanced context sets, or one_class='constant')"
+            )
+        p1 = (k + 1) / (k + 2) if c == 1 else 1 / (k + 2)
+        return np.full(Xq.shape[0], p1)
+    if Xq.shape[0] == 0:
+        return np.zeros(0)
+    fn = METHODS[name]
+    p = fn(Xc, y, Xq, reasoner=reasoner, **opts)
+    return np.asarray(p, dtype=np.float64).reshape(Xq.shape[0])
+
+
+def _check_opts(method: str, opts: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise MethodError(f"method {method!r}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+
+
+def _logreg(C: float, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=max_iter)
+
+
+@register("tart", needs_reasoner=True)
+def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    _check_opts("tart", opts, ("d", "eps", "allow_small_k"))
+    d = int(opts.get("d", reasoner.d))
+    if d > reasoner.d:
+        raise MethodError(f"d={d} is larger than the reasoner's trained d={reasoner.d}")
+    k = Xc.shape[0]
+    if k > reasoner.max_k:
+        raise MethodError(f"k={k} context points: the reasoner was trained on at most {reasoner.max_k}")
+    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
+    Zc, Zq = w.transform(Xc), w.transform(Xq)
+    # One call for all q queries: the reasoner answers them in a single masked pass.
+    return reasoner.predict_proba(Zc[None].astype(np.float32), y[None], Zq[None].astype(np.float32))[0]
+
+
+@register("lr_probe")
+def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter"))
+    d = int(opts.get("d", reasoner.d if reasoner is not None else 16))
+    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
+    clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit(w.transform(Xc), y)
+    return clf.predict_proba(w.transform(Xq))[:, 1]
+
+
+@register("lr_full")
+def _lr_full(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    _check_opts("lr_full", opts, ("C", "max_iter"))
+    mu = Xc.mean(axis=0)
+    sd = Xc.std(axis=0)
+    sd[sd <= 1e-12 * max(float(sd.max()), 1e-300)] = 1.0  # constant columns: centred to 0, not blown up
+    clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit((Xc - mu) / sd, y)
+    return clf.predict_proba((Xq - mu) / sd)[:, 1]

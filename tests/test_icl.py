@@ -1,0 +1,102 @@
+"""ICL baseline with the real offline causal backbone (SmolLM2-135M-Instruct)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeline.icl import ICLError, ICLScorer, context_prompt, query_prompt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lm():
+    import torch
+
+    torch.set_num_threads(2)
+    from pipeline.backbones import load_causal_lm
+
+    return load_causal_lm("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def sms():
+    from pipeline.datasets import context_sets, load_examples
+
+    pool = load_examples("sms_spam", split="train")
+    test = load_examples("sms_spam", split="test", test_size=20)
+    idx = context_sets(pool.labels, [4, 18], seed=0)
+    return pool, test, idx
+
+
+def test_prompt_template():
+    p = context_prompt(["a b", "c"], [1, 0], ("ham", "spam")) + query_prompt("q")
+    assert p == "Sentence: a b\nLabel: spam\nSentence: c\nLabel: ham\nSentence: q\nLabel:"
+
+
+def test_prompt_tokens_split_cleanly(lm, sms):
+    """Context tokens + query tokens == tokens of the whole prompt string (what the cache relies on)."""
+    tok, _ = lm
+    pool, test, idx = sms
+    ctx = context_prompt([pool.texts[i] for i in idx[4]], pool.labels[idx[4]], pool.label_names)
+    for t in test.texts[:5]:
+        whole = tok(ctx + query_prompt(t))["input_ids"]
+        parts = tok(ctx)["input_ids"] + tok(query_prompt(t), add_special_tokens=False)["input_ids"]
+        assert whole == parts
+
+
+def test_kv_cache_scores_equal_full_prompt_scores(lm, sms):
+    tok, model = lm
+    pool, test, idx = sms
+    ct, cy = [pool.texts[i] for i in idx[4]], pool.labels[idx[4]]
+    q = test.texts[:3]
+    # single-token label words ("ham"/"spam") and a multi-token word pair
+    for words in (pool.label_names, ("not spam", "spam")):
+        sc = ICLScorer(tok, model, label_words=words, batch_size=2)  # 2 forces a ragged last batch
+        cached = sc.label_scores(ct, cy, q, use_cache=True)
+        naive = sc.label_scores(ct, cy, q, use_cache=False)
+        assert np.isfinite(cached).all() and (cached < 0).all()
+        np.testing.assert_allclose(cached, naive, atol=2e-3, rtol=0)
+    assert sc.label_token_counts[0] >= 2  # " not spam" really is several tokens
+
+
+def test_prompt_over_limit_errors_before_forward(lm, sms):
+    tok, model = lm
+    pool, test, _ = sms
+    sc = ICLScorer(tok, model, label_words=pool.label_names)
+    long_texts = [" ".join(["word"] * 3000)] * 4  # ~12k tokens > 8192
+    with pytest.raises(ICLError, match=r"ICL prompt is \d+ tokens .* limit is 8192"):
+        sc.predict_proba(long_texts, [0, 1, 0, 1], test.texts[:1])
+    assert sc.forward_count == 0
+    tight = ICLScorer(tok, model, label_words=pool.label_names, max_length=64)
+    with pytest.raises(ICLError, match="limit is 64"):
+        tight.predict_proba(pool.texts[:4], [0, 1, 0, 1], test.texts[:1])
+
+
+def test_bad_label_words_and_inputs(lm):
+    tok, model = lm
+    with pytest.raises(ICLError, match="exactly 2"):
+        ICLScorer(tok, model, label_words=("a",))
+    with pytest.raises(ICLError, match="different"):
+        ICLScorer(tok, model, label_words=("spam", " spam"))
+    sc = ICLScorer(tok, model, label_words=("ham", "spam"))
+    with pytest.raises(ICLError, match="0/1"):
+        sc.predict_proba(["a", "b"], [0, 2], ["c"])
+    with pytest.raises(ICLError, match="empty"):
+        sc.predict_proba(["a", "  "], [0, 1], ["c"])
+
+
+def test_real_icl_sms_spam_k18(lm, sms):
+    tok, model = lm
+    pool, test, idx = sms
+    sc = ICLScorer(tok, model, label_words=pool.label_names, batch_size=8)
+    ct, cy = [pool.texts[i] for i in idx[18]], pool.labels[idx[18]]
+    p = sc.predict_proba(ct, cy, test.texts)
+    assert p.shape == (20,) and np.isfinite(p).all() and np.all((p > 0) & (p < 1))
+    acc = float(((p >= 0.5) == test.labels).mean())
+    print(f"ICL smollm2-135m sms_spam k=18, 20 balanced queries: accuracy {acc:.2f}")
+    # one prefix pass + ceil(20 / 8) query batches: the context is not re-read per query
+    assert sc.forward_count == 1 + 3

@@ -1,0 +1,158 @@
+"""Methods of stage 4's inner loop: whitening, tart / lr_probe / lr_full, with the real reasoner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.methods import MethodError, fit_whitening, known_methods, run_method
+from pipeline.reasoner import load_reasoner
+
+
+@pytest.fixture(scope="module")
+def reasoner():
+    return load_reasoner()
+
+
+def gaussian_task(rng, n, dim=64, sep=2.0, signal_dims=16):
+    """Two Gaussian classes in `dim` dims: class means differ along a few random directions.
+
+    Noise is anisotropic (a few high-variance nuisance directions), like real embeddings.
+    """
+    mu = np.zeros(dim)
+    mu[:signal_dims] = rng.normal(size=signal_dims)
+    mu *= sep / np.linalg.norm(mu)
+    scales = np.ones(dim)
+    scales[signal_dims : signal_dims + 4] = 3.0  # nuisance directions PCA will also pick up
+    rot = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    y = rng.permutation(np.arange(n) % 2)
+    X = (rng.normal(size=(n, dim)) * scales + np.where(y[:, None] == 1, mu, -mu)) @ rot.T + 5.0
+    return X, y
+
+
+def test_registry_lists_methods():
+    assert {"tart", "lr_probe", "lr_full"} <= set(known_methods())
+    with pytest.raises(MethodError, match="unknown method 'nope'"):
+        run_method("nope", np.zeros((20, 3)), np.arange(20) % 2, np.zeros((1, 3)))
+
+
+def test_whitening_is_white_on_context_and_fits_context_only():
+    rng = np.random.default_rng(0)
+    Xc = rng.normal(size=(40, 64)) * np.linspace(0.1, 5, 64) + 3
+    w = fit_whitening(Xc, d=16)
+    Z = w.transform(Xc)
+    assert Z.shape == (40, 16)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(np.cov(Z, rowvar=False), np.eye(16), atol=1e-4)
+    # queries do not change the fit: a transform of far-away queries is just the same affine map
+    Xq = rng.normal(size=(7, 64)) * 100
+    np.testing.assert_allclose(w.transform(np.vstack([Xc[:3], Xq]))[:3], Z[:3])
+    # deterministic
+    np.testing.assert_array_equal(fit_whitening(Xc, d=16).transform(Xq), w.transform(Xq))
+
+
+def test_whitening_degenerate_inputs_stay_finite():
+    rng = np.random.default_rng(1)
+    Xc = rng.normal(size=(32, 64))
+    Xc[:, :10] = 7.0  # constant columns
+    Xc[16:] = Xc[:16]  # every row duplicated: rank 15 < d=16
+    w = fit_whitening(Xc, d=16)
+    Xq = rng.normal(size=(5, 64)) * 10
+    Z, Zq = w.transform(Xc), w.transform(Xq)
+    assert np.isfinite(Z).all() and np.isfinite(Zq).all()
+    assert w.n_informative == 15  # the empty direction is mapped to 0, not amplified
+    assert np.abs(Zq).max() < 1e3
+    # all rows identical: nothing to whiten, everything maps to 0 (finite)
+    w0 = fit_whitening(np.ones((20, 8)), d=16)
+    assert w0.n_informative == 0 and np.all(w0.transform(Xq[:, :8]) == 0)
+    # embeddings with fewer dims than d: the output keeps d columns, the rest 0
+    w3 = fit_whitening(rng.normal(size=(20, 3)), d=16)
+    assert w3.transform(rng.normal(size=(4, 3))).shape == (4, 16) and w3.n_informative == 3
+
+
+def test_whitening_small_k_errors_unless_allowed():
+    X = np.random.default_rng(2).normal(size=(16, 64))
+    with pytest.raises(MethodError, match=r"k=16 context points for d=16.*k > d"):
+        fit_whitening(X, d=16)
+    w = fit_whitening(X, d=16, allow_small_k=True)
+    assert w.n_informative == 15 and np.isfinite(w.transform(X)).all()
+
+
+def test_tart_close_to_lr_probe_on_gaussian_classes(reasoner):
+    rng = np.random.default_rng(3)
+    acc = {m: [] for m in ("tart", "lr_probe", "lr_full")}
+    for _ in range(6):
+        X, y = gaussian_task(rng, 32 + 400)
+        Xc, yc, Xq, yq = X[:32], y[:32], X[32:], y[32:]
+        for m in acc:
+            p = run_method(m, Xc, yc, Xq, reasoner=reasoner)
+            assert p.shape == (400,) and np.all((p >= 0) & (p <= 1))
+            acc[m].append(((p >= 0.5) == yq).mean())
+    mean = {m: float(np.mean(v)) for m, v in acc.items()}
+    print("gaussian 64-d, k=32, 6 episodes x 400 queries:", mean)
+    assert mean["lr_probe"] > 0.8  # learnable from 32 points (Bayes accuracy ~0.98); measured 0.888
+    assert mean["tart"] > 0.8  # measured 0.886
+    assert abs(mean["tart"] - mean["lr_probe"]) < 0.05
+
+
+def test_tart_batched_equals_per_query(reasoner):
+    rng = np.random.default_rng(4)
+    X, y = gaussian_task(rng, 32 + 12)
+    Xc, yc, Xq = X[:32], y[:32], X[32:]
+    batched = run_method("tart", Xc, yc, Xq, reasoner=reasoner)
+    single = np.array([run_method("tart", Xc, yc, Xq[i : i + 1], reasoner=reasoner)[0] for i in range(len(Xq))])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.zeros((32, 8)), np.arange(32) % 3, np.zeros((2, 8))), "binary 0/1"),
+        ((np.zeros((32, 8)), np.arange(31) % 2, np.zeros((2, 8))), "32 rows but yc has 31"),
+        ((np.zeros((32, 8)), np.arange(32) % 2, np.zeros((2, 9))), "8 features, Xq has 9"),
+        ((np.zeros((32,)), np.arange(32) % 2, np.zeros((2, 8))), "must be 2-D"),
+        ((np.full((32, 8), np.nan), np.arange(32) % 2, np.zeros((2, 8))), "NaN"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(reasoner, args, match):
+    for m in ("tart", "lr_probe", "lr_full"):
+        with pytest.raises(MethodError, match=match):
+            run_method(m, *args, reasoner=reasoner)
+
+
+def test_k_not_above_d_and_k_too_large(reasoner):
+    rng = np.random.default_rng(5)
+    with pytest.raises(MethodError, match="k > d"):
+        run_method("tart", rng.normal(size=(16, 32)), np.arange(16) % 2, rng.normal(size=(2, 32)), reasoner=reasoner)
+    with pytest.raises(MethodError, match="k > d"):
+        run_method("lr_probe", rng.normal(size=(12, 32)), np.arange(12) % 2, rng.normal(size=(2, 32)))
+    big = reasoner.max_k + 1
+    with pytest.raises(MethodError, match=f"k={big}.*at most {reasoner.max_k}"):
+        run_method("tart", rng.normal(size=(big, 32)), np.arange(big) % 2, rng.normal(size=(2, 32)), reasoner=reasoner)
+    with pytest.raises(MethodError, match="needs a reasoner"):
+        run_method("tart", rng.normal(size=(20, 32)), np.arange(20) % 2, rng.normal(size=(2, 32)))
+    with pytest.raises(MethodError, match="unknown option"):
+        run_method("lr_full", rng.normal(size=(20, 32)), np.arange(20) % 2, rng.normal(size=(2, 32)), d=4)
+
+
+def test_one_class_context_error_or_constant(reasoner):
+    rng = np.random.default_rng(6)
+    Xc, Xq = rng.normal(size=(20, 32)), rng.normal(size=(3, 32))
+    for m in ("tart", "lr_probe", "lr_full"):
+        with pytest.raises(MethodError, match="one-class context: all 20 context labels are 1"):
+            run_method(m, Xc, np.ones(20), Xq, reasoner=reasoner)
+        np.testing.assert_allclose(run_method(m, Xc, np.ones(20), Xq, reasoner=reasoner, one_class="constant"),
+                                   21 / 22)
+        np.testing.assert_allclose(run_method(m, Xc, np.zeros(20), Xq, reasoner=reasoner, one_class="constant"),
+                                   1 / 22)
+
+
+def test_degenerate_context_runs_finite_through_all_methods(reasoner):
+    rng = np.random.default_rng(7)
+    X, y = gaussian_task(rng, 40)
+    X[:, :20] = 1.0
+    X[20:] = X[:20]
+    y[20:] = y[:20]
+    for m in ("tart", "lr_probe", "lr_full"):
+        p = run_method(m, X[:32], y[:32], X[32:], reasoner=reasoner)
+        assert np.isfinite(p).all() and np.all((p >= 0) & (p <= 1))
