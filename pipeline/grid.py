@@ -345,8 +345,8 @@ def run_embedding_cell(cell: Cell, Xc, yc, Xq, yq) -> dict:
     return {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0}
 
 
-def run_icl_group(cells: list[Cell], batch_size: int) -> list[dict]:
-    """All ICL cells of one (dataset, backbone): the causal LM is loaded once."""
+def iter_icl_group(cells: list[Cell], batch_size: int):
+    """Yield (cell, result) for ICL cells of one (dataset, backbone); the causal LM is loaded once."""
     from .backbones import load_causal_lm
     from .datasets import context_sets, load_examples
     from .icl import ICLScorer
@@ -356,14 +356,17 @@ def run_icl_group(cells: list[Cell], batch_size: int) -> list[dict]:
     test = load_examples(c0.dataset, "test", **c0.options)
     tok, model = load_causal_lm(c0.backbone)
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
-    out = []
     for cell in cells:
         t0 = time.time()
         ctx = context_sets(pool.labels, [cell.k], cell.seed)[cell.k]
         p = scorer.predict_proba([pool.texts[i] for i in ctx], pool.labels[ctx], test.texts)
-        out.append({"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
-                    "labels": test.labels, "ids": test.ids})
-    return out
+        yield cell, {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
+                     "labels": test.labels, "ids": test.ids}
+
+
+def run_icl_group(cells: list[Cell], batch_size: int) -> list[dict]:
+    """Ray task body: all results of `cells` (kept small by the driver: one seed per task)."""
+    return [res for _, res in iter_icl_group(cells, batch_size)]
 
 
 # ----------------------------------------------------------------------------- MLflow view
@@ -566,11 +569,13 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
             icl_groups.setdefault(c.group, []).append(c)
     icl_pending = []
     for key, gcells in icl_groups.items():
-        if use_ray:
-            icl_pending.append((gcells, _remote_icl(spec.cpus_per_cell).remote(gcells, spec.icl_batch_size)))
-        else:
+        if use_ray:  # one task per seed: a lost task costs one seed's cells, not the group's
+            for seed in sorted({c.seed for c in gcells}):
+                part = [c for c in gcells if c.seed == seed]
+                icl_pending.append((part, _remote_icl(spec.cpus_per_cell).remote(part, spec.icl_batch_size)))
+        else:  # each cell lands in the table as soon as it is scored
             t = time.time()
-            for c, res in zip(gcells, run_icl_group(gcells, spec.icl_batch_size)):
+            for c, res in iter_icl_group(gcells, spec.icl_batch_size):
                 finish_row(_row(c, res, res["labels"], res["ids"]))
             timings["cells_s"] += time.time() - t
 
