@@ -115,6 +115,10 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
             f"lower d, add context points, or pass allow_small_k=True"
         )
     mean = Xc.mean(axis=0)
+    # A constant column's floating-point mean can miss its value by an ulp; the residue
+    # would then look like a (huge-scale) direction. Take the value itself instead.
+    const = np.ptp(Xc, axis=0) == 0
+    mean[const] = Xc[0, const]
     C = Xc - mean
     # Economy SVD of the centred context: rows of Vt are the principal directions.
     _, S, Vt = np.linalg.svd(C, full_matrices=False)

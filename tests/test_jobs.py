@@ -1,0 +1,284 @@
+"""Jobs on a real multi-node Ray cluster and a real MLflow tracking server.
+
+- `ray_cluster`: a local two-node Ray cluster started with the `ray` CLI (head with the
+  dashboard / Jobs API, plus a worker node joined to it), in its own temp dir. Teardown
+  ends only the processes of THIS cluster (every process whose command line names its
+  temp dir), never `ray stop` (which would kill every Ray on the machine).
+- Jobs are submitted the way operators do: `ray job submit --working-dir <repo>` and the
+  Python `JobSubmissionClient`; the job runs from an uploaded copy of the repo.
+- `mlflow_server`: `mlflow server` with a sqlite backend, in its own process group.
+
+Kept tiny (one dataset, MiniLM, k=18, one seed, 20 test / 40 pool examples): the
+point is the plumbing, not the numbers. Every test has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.grid import GridSpec, read_results
+
+pytestmark = pytest.mark.timeout(900)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: `ray`, `mlflow`, `python`
+RAY = str(BIN / "ray")
+# what the job's upload must not carry (the repo's .gitignore is honoured too)
+EXCLUDES = [".venv", ".git", "tart_runs", "mlruns", "mlartifacts", ".tart_cache", "tart_cache", "__pycache__",
+            ".pytest_cache", ".hypothesis", "*.egg-info", "mlflow.db", ".whl", ".gpu_out", "build", "dist"]
+TINY = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_full]", "ks=[18]", "seeds=[0]",
+        "test_size=20", "train_size=40", "embed_batch_size=16"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1",
+               TART_CACHE=os.environ.get("TART_CACHE", "/tmp/tart-test-cache"), TOKENIZERS_PARALLELISM="false",
+               PATH=os.pathsep.join([str(BIN), env.get("PATH", "")]))  # the job's `python` is the venv's
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=kw.pop("env", _env()), **kw)
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    """SIGTERM then SIGKILL every process (of this user) whose command line contains `marker`."""
+    import psutil
+
+    me = os.getpid()
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline", "username"]):
+        try:
+            if p.pid != me and marker in " ".join(p.info["cmdline"] or []):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real 2-node local Ray cluster (head: 2 CPUs + dashboard; worker: 1 CPU)."""
+    import ray
+
+    ray.shutdown()  # this process must not hold another Ray (e.g. from the ray_local fixture)
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = _free_port(), _free_port()
+    env = _env()
+    head = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+            "--include-dashboard", "true", "--temp-dir", temp_dir, "--disable-usage-stats"]
+    worker = [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", temp_dir,
+              "--disable-usage-stats"]
+    try:
+        for cmd in (head, worker):
+            for attempt in range(2):  # a loaded 2-core box can miss Ray's start-up deadlines
+                r = _run(cmd, timeout=240, env=env)
+                if r.returncode == 0:
+                    break
+                if attempt == 1 or cmd is worker:
+                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+                _kill_processes_mentioning(temp_dir)
+        address = f"http://127.0.0.1:{dash}"
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.time() + 120
+        while True:  # the Jobs API and both nodes must be up
+            try:
+                from ray.util.state import list_nodes
+
+                client = JobSubmissionClient(address)
+                client.list_jobs()
+                nodes = [n for n in list_nodes(address=address) if n.state == "ALIVE"]
+                if len(nodes) >= 2:
+                    break
+            except Exception:  # noqa: BLE001 - still starting
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"Ray cluster at {address} did not come up with 2 nodes")
+            time.sleep(2)
+        yield {"address": address, "gcs": f"127.0.0.1:{port}", "client": client, "temp_dir": temp_dir}
+    finally:
+        _kill_processes_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _job_overrides(tmp: Path, name: str) -> list[str]:
+    return [f"name={name}", *TINY, f"storage={tmp}/grids", f"cache_uri={tmp}/emb",
+            f"mlflow_uri=sqlite:///{tmp}/mlflow.db", "cpus_per_cell=0.5"]
+
+
+def _mlflow_cell_runs(uri: str, grid: str, experiment: str = "tart-grid"):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} missing at {uri}"
+    return c.search_runs([exp.experiment_id],
+                         filter_string=f"tags.`tart.kind` = 'cell' and tags.`tart.grid` = '{grid}'", max_results=100)
+
+
+@pytest.fixture(scope="module")
+def job_tmp():
+    d = Path(tempfile.mkdtemp(prefix="tart-jobs-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ray_job_submit_cli_runs_grid_and_duplicate_id_is_refused(ray_cluster, job_tmp):
+    name = "jobcli"
+    sid = f"tart-test-cli-{uuid.uuid4().hex[:8]}"
+    cmd = [RAY, "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO_ROOT),
+           "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--submission-id", sid,
+           "--", "python", "-m", "jobs.grid", "--no-compare", *_job_overrides(job_tmp, name)]
+    r = _run(cmd, timeout=700)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert "[grid] done" in out, out[-5000:]
+    spec = load_config(GridSpec, None, _job_overrides(job_tmp, name))
+    df = read_results(spec)
+    assert len(df) == 2 and set(df["method"]) == {"tart", "lr_full"}, df
+    assert df["cell_id"].is_unique and all(len(p) == 20 for p in df["probs"])
+    runs = _mlflow_cell_runs(spec.mlflow_uri, name)
+    assert {r.data.tags["cell_id"] for r in runs} == set(df["cell_id"])
+    status = ray_cluster["client"].get_job_status(sid)
+    assert str(status) in ("SUCCEEDED", "JobStatus.SUCCEEDED")
+
+    # the same submission id again (a duplicate cron trigger) is refused and changes nothing
+    again = _run(cmd, timeout=120)
+    assert again.returncode != 0
+    assert "already exists" in (again.stdout + again.stderr).lower() or sid in again.stdout + again.stderr
+    assert len(read_results(spec)) == 2
+    assert len(_mlflow_cell_runs(spec.mlflow_uri, name)) == 2
+
+
+def test_job_submission_client_runs_grid_with_runtime_env(ray_cluster, job_tmp):
+    from ray.job_submission import JobStatus
+
+    client = ray_cluster["client"]
+    name = "jobsdk"
+    sid = f"tart-test-sdk-{uuid.uuid4().hex[:8]}"
+    entry = " ".join(["python -m jobs.grid --no-compare", *_job_overrides(job_tmp, name)])
+    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES,
+                   "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                "TART_CACHE": os.environ.get("TART_CACHE", "/tmp/tart-test-cache")}}
+    assert client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env) == sid
+    deadline = time.time() + 600
+    while True:
+        status = client.get_job_status(sid)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        assert time.time() < deadline, f"job {sid} still {status} after 600 s:\n{client.get_job_logs(sid)[-4000:]}"
+        time.sleep(2)
+    logs = client.get_job_logs(sid)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    assert "[grid] done" in logs
+    spec = load_config(GridSpec, None, _job_overrides(job_tmp, name))
+    df = read_results(spec)
+    assert len(df) == 2
+    assert {r.data.tags["cell_id"] for r in _mlflow_cell_runs(spec.mlflow_uri, name)} == set(df["cell_id"])
+    info = client.get_job_info(sid)
+    assert info.runtime_env.get("env_vars", {}).get("HF_HUB_OFFLINE") == "1"
+
+    with pytest.raises(Exception, match="already exists|exists"):  # duplicate submission id
+        client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+
+
+# ----------------------------------------------------------------------------- MLflow server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server():
+    tmp = Path(tempfile.mkdtemp(prefix="tart-mlsrv-"))
+    port = _free_port()
+    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/srv.db",
+           "--artifacts-destination", str(tmp / "art"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=3) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"mlflow server did not come up:\n{(tmp / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield uri
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the whole group: mlflow spawns uvicorn/gunicorn workers
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_grid_to_mlflow_server_then_compare(mlflow_server, tmp_path):
+    from pipeline.compare import main as compare_main
+    from pipeline.grid import run_grid
+
+    name = "srv"
+    spec = load_config(GridSpec, None, [f"name={name}", *TINY, "executor=local", f"storage={tmp_path}/grids",
+                                        f"cache_uri={tmp_path}/emb", f"mlflow_uri={mlflow_server}"])
+    summary = run_grid(spec)
+    assert summary["cells_run"] == 2 and summary["cells_failed"] == 0
+    assert summary["mlflow_uri"] == mlflow_server
+    runs = _mlflow_cell_runs(mlflow_server, name)
+    assert {r.data.tags["cell_id"] for r in runs} == set(read_results(spec)["cell_id"])
+    # predictions are artifacts served through the tracking server (--artifacts-destination)
+    from mlflow.tracking import MlflowClient
+
+    arts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(runs[0].info.run_id)]
+    assert "predictions.json" in arts
+
+    out = tmp_path / "cmp"
+    assert compare_main(["--mlflow-uri", mlflow_server, "--grid", name, "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert "tart" in md and "lr_full" in md and "sms_spam" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| sms_spam")]
+    assert len(rows) == 2, md
