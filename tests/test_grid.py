@@ -76,7 +76,8 @@ def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     assert len(df) == 6 and df["cell_id"].is_unique
     assert set(df["method"]) == {"tart", "lr_probe", "lr_full"}
     # honest quality on real embeddings: MiniLM separates spam well even at k=18
-    assert df["accuracy"].min() > 0.7, df[["method", "k", "accuracy"]]
+    # (30 test SMS: one cell's accuracy has a ~0.07 standard error, hence two bounds)
+    assert df["accuracy"].mean() > 0.75 and df["accuracy"].min() > 0.65, df[["method", "k", "accuracy"]]
     assert all(len(p) == 30 for p in df["probs"])
     ids, _ = _mlflow_cells(spec)
     assert sorted(ids) == sorted(df["cell_id"])
