@@ -8,6 +8,7 @@ resolved config is a plain dict (`to_dict`) stored next to every output.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -174,3 +175,17 @@ def load_config(cls: Type[T], path: str | Path | None = None, overrides: list[st
 
 def from_dict(cls: Type[T], data: dict) -> T:
     return _build(cls, data)
+
+
+def stage_parser(prog: str, description: str, epilog: str, config_example: str,
+                 overrides_example: str) -> argparse.ArgumentParser:
+    """The command line every Ray stage shares: --config, --address, --num-cpus, key=value overrides."""
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", help=f"YAML config file (e.g. {config_example})")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
+    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
+                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
+    return p

@@ -63,7 +63,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import storage
-from .config import ConfigError, load_config, to_dict
+from .config import ConfigError, load_config, to_dict, stage_parser
 
 FORMAT = "tart-embeddings"
 FORMAT_VERSION = 1
@@ -846,20 +846,14 @@ def _defaults_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tart embed",
-        description="Embed a dataset with a frozen backbone (Ray Data actor pool, model loaded once per actor) "
+    return stage_parser(
+        "tart embed",
+        "Embed a dataset with a frozen backbone (Ray Data actor pool, model loaded once per actor) "
         "into a content-keyed Parquet cache; protocols stream | vanilla | loo.",
-        epilog=_defaults_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        _defaults_epilog(),
+        "configs/embed/default.yaml",
+        "backbone=smollm2-135m",
     )
-    p.add_argument("--config", metavar="PATH", help="YAML config file (e.g. configs/embed/default.yaml)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
-    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
-                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. backbone=smollm2-135m")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import ConfigError, config_digest, load_config, to_dict
+from .config import ConfigError, config_digest, load_config, to_dict, stage_parser
 from .synthetic import Episodes, TaskSpec, sample_episodes_np
 
 FORMAT = "tart-episodes"
@@ -585,20 +585,14 @@ def _defaults_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tart generate",
-        description="Write N synthetic logistic-regression episodes as S Parquet shards (one Ray task per "
+    return stage_parser(
+        "tart generate",
+        "Write N synthetic logistic-regression episodes as S Parquet shards (one Ray task per "
         "shard) plus _manifest.json, to any fsspec URI. Deterministic, resumable, atomic per shard.",
-        epilog=_defaults_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        _defaults_epilog(),
+        "configs/generate/default.yaml",
+        "episodes=4096 task.points=66",
     )
-    p.add_argument("--config", metavar="PATH", help="YAML config file (e.g. configs/generate/default.yaml)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
-    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
-                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. episodes=4096 task.points=66")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

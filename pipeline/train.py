@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, from_dict, load_config, to_dict
+from .config import ConfigError, from_dict, load_config, to_dict, stage_parser
 from .reasoner import (CONFIG_FILE, SIZES, WEIGHTS_FILE, ReasonerConfig, ReasonerModel,
                        save_checkpoint)
 from .synthetic import TaskSpec, apply_curriculum, sample_episodes_torch
@@ -762,20 +762,14 @@ def _defaults_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tart train",
-        description="Train the TART reasoner on synthetic logistic-regression episodes with Ray Train "
+    return stage_parser(
+        "tart train",
+        "Train the TART reasoner on synthetic logistic-regression episodes with Ray Train "
         "(DDP on CPU workers or GPUs), with checkpoints, resume, retries and MLflow tracking.",
-        epilog=_defaults_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        _defaults_epilog(),
+        "configs/train/tiny-cpu.yaml",
+        "steps=200 size=tiny",
     )
-    p.add_argument("--config", metavar="PATH", help="YAML config file (e.g. configs/train/tiny-cpu.yaml)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
-    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
-                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=200 size=tiny")
-    return p
 
 
 def _init_ray(address: Optional[str], num_cpus: Optional[float]) -> None:
