@@ -1,8 +1,6 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python -m jobs.compare ...`."""
+"""Ray job entrypoint: `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m jobs.compare ...`."""
 
-import sys
-
-from pipeline.compare import main
+from jobs._guard import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("compare", "pipeline.compare")  # checks the runtime env before importing pipeline's heavy modules

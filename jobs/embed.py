@@ -1,8 +1,6 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python -m jobs.embed ...`."""
+"""Ray job entrypoint: `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m jobs.embed ...`."""
 
-import sys
-
-from pipeline.embed import main
+from jobs._guard import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("embed", "pipeline.embed")  # checks the runtime env before importing pipeline's heavy modules

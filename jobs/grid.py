@@ -1,8 +1,6 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python -m jobs.grid ...`."""
+"""Ray job entrypoint: `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m jobs.grid ...`."""
 
-import sys
-
-from pipeline.grid import main
+from jobs._guard import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("grid", "pipeline.grid")  # checks the runtime env before importing pipeline's heavy modules

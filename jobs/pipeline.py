@@ -1,8 +1,6 @@
 """Ray job entrypoint for the full pipeline: `python -m jobs.pipeline ...` (generate -> train -> grid)."""
 
-import sys
-
-from pipeline.full import main
+from jobs._guard import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("pipeline", "pipeline.full")  # checks the runtime env before importing pipeline's heavy modules

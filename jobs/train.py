@@ -1,8 +1,6 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python -m jobs.train ...`."""
+"""Ray job entrypoint: `ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- python -m jobs.train ...`."""
 
-import sys
-
-from pipeline.train import main
+from jobs._guard import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("train", "pipeline.train")  # checks the runtime env before importing pipeline's heavy modules

@@ -690,6 +690,13 @@ def _key_for(cfg: EmbedConfig, plan: _Plan, split: str, k: int | None = None, se
                      max_length=cfg.max_length, k=k, seed=seed)
 
 
+def open_cache(cfg: EmbedConfig) -> _Cache:
+    """The cache of `cfg`, probed with a write (StorageError: missing driver, credentials, read-only)."""
+    cache = _Cache(cfg.cache_uri or default_cache_uri(), cfg.storage_options)
+    storage.check_writable(cache.fs, cache.base, cache.uri)
+    return cache
+
+
 def embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbeddingTable:
     """Make sure every requested entry is in the cache (computing only missing ones) and return them all.
 
@@ -698,9 +705,8 @@ def embed(cfg: EmbedConfig, log: Callable[[str], None] = print) -> EmbeddingTabl
     """
     cfg.validate()
     t0 = time.time()
+    cache = open_cache(cfg)  # first: a missing driver / credentials fail before any dataset is loaded
     plan = _plan(cfg)
-    cache = _Cache(cfg.cache_uri or default_cache_uri(), cfg.storage_options)
-    storage.check_writable(cache.fs, cache.base, cache.uri)
     if cfg.protocol in CONTEXT_PROTOCOLS:
         table = _embed_context(cfg, plan, cache, log)
     else:
@@ -860,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(EmbedConfig, args.config, args.overrides)
+        open_cache(cfg)  # an unusable cache fails before Ray starts (embed() probes it again: cheap)
         if cfg.executor == "ray" and cfg.protocol == "stream":
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             import ray

@@ -353,7 +353,8 @@ def generate(cfg: GenerateConfig, log=print) -> dict:
             raise GenerateError(f"{e}; refusing to write into it (set overwrite=true to replace)") from None
         old = None
     except Exception as e:  # noqa: BLE001 - unreachable store, missing credentials, ...
-        raise storage.StorageError(f"output {cfg.output!r} is not reachable: {type(e).__name__}: {e}") from None
+        raise storage.as_storage_error(cfg.output, e, f"output {cfg.output!r} is not reachable",
+                                       not storage.is_local(fs)) from None
     if exists and old is None and not cfg.overwrite:
         foreign = [n for n in storage.list_names(fs, base)
                    if not (n.startswith(("part-", storage.TMP_PREFIX, storage.PROBE_PREFIX)) or n == MANIFEST)]

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
@@ -40,6 +41,9 @@ RAY = str(BIN / "ray")
 # what the job's upload must not carry (the repo's .gitignore is honoured too)
 EXCLUDES = [".venv", ".git", "tart_runs", "mlruns", "mlartifacts", ".tart_cache", "tart_cache", "__pycache__",
             ".pytest_cache", ".hypothesis", "*.egg-info", "mlflow.db", ".whl", ".gpu_out", "build", "dist"]
+# cluster/runtime_env.yaml's env_vars (its TART_RUNTIME_ENV marker lets a submitted job past jobs/_guard.py);
+# not its pip list: the test cluster runs from this venv, offline
+RUNTIME_ENV_VARS = yaml.safe_load((REPO_ROOT / "cluster" / "runtime_env.yaml").read_text())["env_vars"]
 TINY = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_full]", "ks=[18]", "seeds=[0]",
         "test_size=20", "train_size=40", "embed_batch_size=16"]
 
@@ -162,7 +166,7 @@ def test_ray_job_submit_cli_runs_grid_and_duplicate_id_is_refused(ray_cluster, j
     name = "jobcli"
     sid = f"tart-test-cli-{uuid.uuid4().hex[:8]}"
     cmd = [RAY, "job", "submit", "--address", ray_cluster["address"], "--working-dir", str(REPO_ROOT),
-           "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--submission-id", sid,
+           "--runtime-env-json", json.dumps({"excludes": EXCLUDES, "env_vars": RUNTIME_ENV_VARS}), "--submission-id", sid,
            "--", "python", "-m", "jobs.grid", "--no-compare", *_job_overrides(job_tmp, name)]
     r = _run(cmd, timeout=700)
     out = r.stdout + r.stderr
@@ -193,7 +197,7 @@ def test_job_submission_client_runs_grid_with_runtime_env(ray_cluster, job_tmp):
     sid = f"tart-test-sdk-{uuid.uuid4().hex[:8]}"
     entry = " ".join(["python -m jobs.grid --no-compare", *_job_overrides(job_tmp, name)])
     runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES,
-                   "env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                   "env_vars": {**RUNTIME_ENV_VARS, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                                 "TART_CACHE": os.environ.get("TART_CACHE", "/tmp/tart-test-cache")}}
     assert client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env) == sid
     deadline = time.time() + 600
@@ -216,6 +220,35 @@ def test_job_submission_client_runs_grid_with_runtime_env(ray_cluster, job_tmp):
     with pytest.raises(Exception, match="already exists|exists"):  # duplicate submission id
         client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env)
     assert client.get_job_status(sid) == JobStatus.SUCCEEDED
+
+
+def _wait_job(client, sid: str, timeout: float = 300):
+    from ray.job_submission import JobStatus
+
+    deadline = time.time() + timeout
+    while (status := client.get_job_status(sid)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.time() < deadline, f"job {sid} still {status} after {timeout} s"
+        time.sleep(1)
+    return status, client.get_job_logs(sid)
+
+
+def test_job_submitted_without_the_runtime_env_is_refused(ray_cluster):
+    """jobs/_guard.py in a real submitted job: no TART_RUNTIME_ENV marker -> exit 2 naming the submit command."""
+    from ray.job_submission import JobStatus
+
+    client = ray_cluster["client"]
+    bare = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES}
+    sid = client.submit_job(entrypoint="python -m jobs.grid --help", runtime_env=bare,
+                            submission_id=f"tart-test-noenv-{uuid.uuid4().hex[:8]}")
+    status, logs = _wait_job(client, sid)
+    assert status == JobStatus.FAILED, logs[-3000:]
+    assert "without the project's runtime env" in logs and "--runtime-env cluster/runtime_env.yaml" in logs, logs
+    assert "Traceback" not in logs, logs
+
+    sid = client.submit_job(entrypoint="python -m jobs.grid --help", runtime_env={**bare, "env_vars": RUNTIME_ENV_VARS},
+                            submission_id=f"tart-test-env-{uuid.uuid4().hex[:8]}")
+    status, logs = _wait_job(client, sid)
+    assert status == JobStatus.SUCCEEDED and "usage: tart grid" in logs, logs[-3000:]
 
 
 # ----------------------------------------------------------------------------- MLflow server
