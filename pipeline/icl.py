@@ -111,6 +111,10 @@ class ICLScorer:
         self._forward_params = set(inspect.signature(model.forward).parameters)
         # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
         self._cache_kw = "cache" if "cache" in self._forward_params else "past_key_values"
+        # LM head on the scored positions only, where the model exposes it (see _forward_batch);
+        # models with final-logit processing (soft-capping) keep the full forward.
+        self._head_only = (model.get_output_embeddings() is not None
+                           and not getattr(model.config, "final_logit_softcapping", None))
 
     @property
     def label_token_counts(self) -> tuple[int, int]:
@@ -173,8 +177,15 @@ class ICLScorer:
             out.append((seq, [(c, len(q_ids) - 1 + j, w[j]) for j in range(len(w))]))
         return out
 
-    def _forward_batch(self, seqs: list[list[int]], past: Any, past_len: int) -> Any:
-        """Log-softmax (B, L, V) of right-padded `seqs` continuing `past` (or from scratch)."""
+    def _forward_batch(self, seqs: list[list[int]], past: Any, past_len: int,
+                       wanted: list[tuple[int, int]]) -> dict:
+        """{(row, pos): log-softmax over the vocabulary} of right-padded `seqs` continuing `past`.
+
+        Only the `wanted` positions go through the LM head: the head (vocab x hidden) is
+        ~20% of a small LM's compute per token, and every other position's logits were
+        thrown away. The positions' last hidden states come from `output_hidden_states`
+        (the final, normed layer), and the head is `get_output_embeddings()`.
+        """
         import torch
 
         dev = self._device
@@ -190,10 +201,21 @@ class ICLScorer:
         if past is not None:
             kw[self._cache_kw] = past
             kw["position_ids"] = (torch.arange(width) + past_len).unsqueeze(0).expand(len(seqs), -1).to(dev)
+        head = self.model.get_output_embeddings() if self._head_only else None
         with torch.inference_mode():
+            if head is not None:
+                if "logits_to_keep" in self._forward_params:
+                    kw["logits_to_keep"] = 1  # the full-sequence logits are never read
+                out = self.model(**kw, output_hidden_states=True)
+                rows = torch.tensor([r for r, _ in wanted], device=dev)
+                cols = torch.tensor([c for _, c in wanted], device=dev)
+                lp = torch.log_softmax(head(out.hidden_states[-1][rows, cols]).float(), dim=-1)
+                self.forward_count += 1
+                return {w: lp[i] for i, w in enumerate(wanted)}
             out = self.model(**kw)
         self.forward_count += 1
-        return torch.log_softmax(out.logits.float(), dim=-1)
+        lp = torch.log_softmax(out.logits.float(), dim=-1)
+        return {(r, c): lp[r, c] for r, c in wanted}
 
     def _prefix_cache(self, prefix: list[int]) -> Any:
         import torch
@@ -233,17 +255,17 @@ class ICLScorer:
         P = len(prep.prefix)
         for s in range(0, len(jobs), self.batch_size):
             batch = jobs[s : s + self.batch_size]
+            off = 0 if cache is not None else P  # naive: the whole prompt for every query
+            wanted = sorted({(r, off + pos) for r, (_, _, targets) in enumerate(batch) for _, pos, _ in targets})
+            if any(c < 0 for _, c in wanted):
+                raise ICLError("zero-shot scoring of a query needs a BOS token or a context")
             if cache is not None:
-                lp = self._forward_batch([j[1] for j in batch], self._expand(cache, len(batch)), P)
-                off = 0
-            else:  # naive: the whole prompt for every query
-                lp = self._forward_batch([prep.prefix + j[1] for j in batch], None, 0)
-                off = P
+                lp = self._forward_batch([j[1] for j in batch], self._expand(cache, len(batch)), P, wanted)
+            else:
+                lp = self._forward_batch([prep.prefix + j[1] for j in batch], None, 0, wanted)
             for r, (i, _, targets) in enumerate(batch):
                 for c, pos, tok in targets:
-                    if off + pos < 0:
-                        raise ICLError("zero-shot scoring of a query needs a BOS token or a context")
-                    scores[i, c] += float(lp[r, off + pos, tok])
+                    scores[i, c] += float(lp[(r, off + pos)][tok])
         return scores
 
     def predict_proba(self, context_texts: Sequence[str], context_labels: Sequence[int],
