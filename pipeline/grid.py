@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -275,6 +276,22 @@ def _cells_dir(spec: GridSpec) -> str:
     return join(join(spec.storage, spec.name), "cells")
 
 
+def _finished_elsewhere(spec: GridSpec, cell: Cell) -> bool:
+    """True if another driver (a concurrent run of this grid) wrote the cell meanwhile.
+
+    The file must read back as a result: a truncated or foreign file is recomputed.
+    """
+    import pyarrow.parquet as pq
+
+    from .storage import resolve
+
+    fs, path = resolve(_cells_dir(spec))
+    try:
+        return pq.read_metadata(io.BytesIO(fs.cat_file(f"{path}/{cell.cell_id}.parquet"))).num_rows == 1
+    except Exception:  # noqa: BLE001 - missing or unreadable: not finished
+        return False
+
+
 def read_results(spec: GridSpec):
     """The results table (pandas) of a grid: one row per finished cell."""
     import pandas as pd
@@ -302,11 +319,19 @@ def write_cell_result(spec: GridSpec, row: dict) -> None:
 
     from .storage import atomic_write_bytes, resolve
 
+    from .storage import StorageError
+
     fs, path = resolve(_cells_dir(spec))
-    fs.makedirs(path, exist_ok=True)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([row]), buf)
-    atomic_write_bytes(fs, f"{path}/{row['cell_id']}.parquet", buf.getvalue())
+    try:
+        fs.makedirs(path, exist_ok=True)
+        atomic_write_bytes(fs, f"{path}/{row['cell_id']}.parquet", buf.getvalue())
+    except OSError as e:  # disk full, storage gone read-only, ...: stop; finished cells are intact
+        raise StorageError(
+            f"cannot write the result of cell {row['cell_id']} to {_cells_dir(spec)!r}: {type(e).__name__}: {e}. "
+            f"Cells already written are intact; fix the storage and re-run (finished cells are skipped)"
+        ) from None
 
 
 def write_results_table(spec: GridSpec) -> str:
@@ -345,8 +370,11 @@ def run_embedding_cell(cell: Cell, Xc, yc, Xq, yq) -> dict:
     return {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0}
 
 
-def iter_icl_group(cells: list[Cell], batch_size: int):
-    """Yield (cell, result) for ICL cells of one (dataset, backbone); the causal LM is loaded once."""
+def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
+    """Yield (cell, result) for ICL cells of one (dataset, backbone); the causal LM is loaded once.
+
+    `skip(cell)` true: yield (cell, None) without scoring it (finished by a concurrent run).
+    """
     from .backbones import load_causal_lm
     from .datasets import context_sets, load_examples
     from .icl import ICLScorer
@@ -357,6 +385,9 @@ def iter_icl_group(cells: list[Cell], batch_size: int):
     tok, model = load_causal_lm(c0.backbone)
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
     for cell in cells:
+        if skip is not None and skip(cell):
+            yield cell, None
+            continue
         t0 = time.time()
         ctx = context_sets(pool.labels, [cell.k], cell.seed)[cell.k]
         p = scorer.predict_proba([pool.texts[i] for i in ctx], pool.labels[ctx], test.texts)
@@ -382,9 +413,21 @@ def _git_sha() -> str:
 
 
 class MlflowView:
-    """The driver's MLflow logger: parent run per launch, child run per cell, no duplicates."""
+    """The driver's MLflow logger: parent run per launch, child run per cell, no duplicates.
+
+    Exactly one FINISHED child run per cell, even when a driver was killed mid-log or two
+    drivers log the same cell at once: after logging, `_dedupe` keeps the earliest
+    FINISHED run of the cell (start time, then run id: every driver picks the same one)
+    and deletes the others, unfinished leftovers of killed drivers included.
+    If the server fails mid-grid the view goes `down`: the grid goes on (the results
+    table is the source of truth) and no further call waits on a dead server.
+    """
 
     def __init__(self, spec: GridSpec, launch_id: str, log=print):
+        # A dead server must not stall every call for minutes in MLflow's own HTTP retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         from mlflow.tracking import MlflowClient
 
         from .tracking import connect, ensure_experiment
@@ -394,10 +437,13 @@ class MlflowView:
         self.exp_id = ensure_experiment(spec.experiment, self.uri)
         self.spec, self.log = spec, log
         self.git_sha = _git_sha()
+        self.down: Optional[str] = None  # the error that took the server away, if any
+        self.unlogged = 0  # cells this launch could not log (still in the results table)
+        self._close_dead_launches()
         parent = self.client.create_run(
             self.exp_id, run_name=f"grid-{spec.name}-{launch_id}",
             tags={"tart.grid": spec.name, "tart.kind": "grid-launch", "tart.launch_id": launch_id,
-                  "git_sha": self.git_sha},
+                  "git_sha": self.git_sha, "tart.host": socket.gethostname(), "tart.pid": str(os.getpid())},
         )
         self.parent_id = parent.info.run_id
         from .tracking import flatten_params
@@ -406,18 +452,74 @@ class MlflowView:
             self.client.log_param(self.parent_id, k, v[:6000])
         self.logged = self.logged_cells()
 
+    def _cell_runs(self, cell_id: Optional[str] = None) -> list:
+        f = f"tags.`tart.grid` = '{self.spec.name}' and tags.`tart.kind` = 'cell'"
+        if cell_id:
+            f += f" and tags.cell_id = '{cell_id}'"
+        return self.client.search_runs([self.exp_id], filter_string=f, max_results=50000)
+
     def logged_cells(self) -> set[str]:
-        runs = self.client.search_runs(
-            [self.exp_id], filter_string=f"tags.`tart.grid` = '{self.spec.name}' and tags.`tart.kind` = 'cell'",
-            max_results=50000,
-        )
-        return {r.data.tags.get("cell_id") for r in runs}
+        """Cells with a FINISHED run (a run left RUNNING by a killed driver does not count)."""
+        return {r.data.tags.get("cell_id") for r in self._cell_runs() if r.info.status == "FINISHED"}
+
+    def _close_dead_launches(self) -> None:
+        """Mark parent runs of drivers that died on this host (pid gone) as KILLED."""
+        f = f"tags.`tart.grid` = '{self.spec.name}' and tags.`tart.kind` = 'grid-launch' and attributes.status = 'RUNNING'"
+        for r in self.client.search_runs([self.exp_id], filter_string=f, max_results=1000):
+            host, pid = r.data.tags.get("tart.host"), r.data.tags.get("tart.pid")
+            if host == socket.gethostname() and pid and pid.isdigit() and not _pid_alive(int(pid)):
+                self.client.set_terminated(r.info.run_id, status="KILLED")
+
+    def _dedupe(self, cell_id: str) -> None:
+        runs = self._cell_runs(cell_id)
+        finished = sorted((r for r in runs if r.info.status == "FINISHED"),
+                          key=lambda r: (r.info.start_time, r.info.run_id))
+        if not finished:
+            return
+        for r in runs:
+            if r.info.run_id != finished[0].info.run_id:
+                try:
+                    self.client.delete_run(r.info.run_id)
+                except Exception:  # noqa: BLE001 - another driver deleted it first
+                    pass
 
     def log_cell(self, row: dict) -> bool:
-        from mlflow.entities import Metric, Param, RunTag
-
+        """Log one results-table row as a child run; False if already logged or MLflow is down."""
         if row["cell_id"] in self.logged:
             return False
+        if self.down:
+            self.unlogged += 1
+            return False
+        for attempt in range(3):  # transient errors (a locked sqlite behind the server) get retried
+            try:
+                self._log_cell(row)
+                break
+            except Exception as e:  # noqa: BLE001 - the row is safe in the table; sync later
+                if self._logged_by_another(row["cell_id"]):
+                    self.logged.add(row["cell_id"])
+                    return False
+                error = f"{type(e).__name__}: {e}"
+                if attempt < 2:
+                    time.sleep(1.0 + attempt)
+        else:
+            self.down = error
+            self.unlogged += 1
+            self.log(f"[grid] WARNING: MLflow logging failed ({self.down}); the remaining cells go to the results "
+                     f"table only — run `tart grid --sync-mlflow` (or re-run the grid) when MLflow is back")
+            return False
+        self.logged.add(row["cell_id"])
+        return True
+
+    def _logged_by_another(self, cell_id: str) -> bool:
+        """After a failed log: did a concurrent driver log the cell (and delete our half-made run)?"""
+        try:
+            return any(r.info.status == "FINISHED" for r in self._cell_runs(cell_id))
+        except Exception:  # noqa: BLE001 - the server is really down
+            return False
+
+    def _log_cell(self, row: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
         tags = {"mlflow.parentRunId": self.parent_id, "cell_id": row["cell_id"], "tart.grid": self.spec.name,
                 "tart.kind": "cell", "git_sha": self.git_sha, "code_version": row["code_version"]}
         name = f"{row['dataset']}/{row['backbone']}/{row['method']}/k{row['k']}/s{row['seed']}"
@@ -433,20 +535,39 @@ class MlflowView:
         self.client.log_text(rid, json.dumps({"ids": list(row["test_ids"]), "labels": list(map(int, row["labels"])),
                                               "probs": [float(x) for x in row["probs"]]}), "predictions.json")
         self.client.set_terminated(rid)
-        self.logged.add(row["cell_id"])
-        return True
+        self._dedupe(row["cell_id"])
+
+    def sync(self, df) -> int:
+        """Log every row of the results table `df` that MLflow does not hold yet."""
+        return sum(self.log_cell(row) for row in df.to_dict("records"))
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
+        if self.down:
+            return
         for k, v in summary.items():
             self.client.log_metric(self.parent_id, k, float(v))
         self.client.set_terminated(self.parent_id, status=status)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sync_mlflow(spec: GridSpec, log=print) -> int:
     """Log every table row that MLflow does not hold yet; returns how many were logged."""
     df = read_results(spec)
+    from .tracking import TrackingError
+
     view = MlflowView(spec, f"sync-{int(time.time())}", log=log)
-    n = sum(view.log_cell(row) for row in df.to_dict("records"))
+    n = view.sync(df)
+    if view.down:
+        raise TrackingError(f"MLflow failed during sync after {n} cell(s): {view.down}")
     view.finish({"cells_synced": n})
     log(f"[grid] synced {n} cell(s) to MLflow ({len(df)} in the results table)")
     return n
@@ -495,6 +616,10 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         view = MlflowView(spec, launch_id, log=log)
     except Exception as e:  # noqa: BLE001 - results still land in the table; sync later
         log(f"[grid] WARNING: MLflow unavailable ({e}); results go to the table only — run `tart grid --sync-mlflow` later")
+    if view is not None and done:  # rows a killed driver or an MLflow outage left out of MLflow
+        n = view.sync(read_results(spec))
+        if n:
+            log(f"[grid] logged {n} finished cell(s) that MLflow was missing")
 
     use_ray = spec.executor == "ray"
     if use_ray:
@@ -511,10 +636,7 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         write_cell_result(spec, row)
         if view is not None:
             t = time.time()
-            try:
-                view.log_cell(row)
-            except Exception as e:  # noqa: BLE001
-                log(f"[grid] WARNING: MLflow logging failed for cell {row['cell_id']} ({e}); it stays in the table")
+            view.log_cell(row)  # never raises: a failure turns the view `down`, the row stays in the table
             timings["mlflow_s"] += time.time() - t
         progress.tick(True, f"{row['dataset']}/{row['backbone']}/{row['method']} k={row['k']} seed={row['seed']} "
                             f"acc={row['accuracy']:.3f}")
@@ -557,6 +679,9 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                 task = _remote_cell(spec.cpus_per_cell)
                 pending.append((c, yq, ids, task.remote(c, Xc, yc, Xq, yq)))
             else:
+                if _finished_elsewhere(spec, c):
+                    progress.tick(True, f"{c.method} k={c.k} seed={c.seed}: finished by a concurrent run")
+                    continue
                 t = time.time()
                 res = run_embedding_cell(c, Xc, yc, Xq, yq)
                 timings["cells_s"] += time.time() - t
@@ -575,7 +700,10 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                 icl_pending.append((part, _remote_icl(spec.cpus_per_cell).remote(part, spec.icl_batch_size)))
         else:  # each cell lands in the table as soon as it is scored
             t = time.time()
-            for c, res in iter_icl_group(gcells, spec.icl_batch_size):
+            for c, res in iter_icl_group(gcells, spec.icl_batch_size, skip=lambda c: _finished_elsewhere(spec, c)):
+                if res is None:
+                    progress.tick(True, f"icl k={c.k} seed={c.seed}: finished by a concurrent run")
+                    continue
                 finish_row(_row(c, res, res["labels"], res["ids"]))
             timings["cells_s"] += time.time() - t
 
@@ -603,7 +731,11 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
     table_uri = write_results_table(spec)
     summary = {"cells_total": len(cells), "cells_run": progress.done, "cells_failed": progress.failed,
                "cells_skipped": len(cells) - len(todo), "forward_passes": forward_passes,
+               "mlflow_unlogged": view.unlogged if view is not None else len(todo),
                "wall_s": time.time() - t_start, **timings}
+    if view is not None and view.unlogged:
+        log(f"[grid] WARNING: {view.unlogged} cell(s) are in the results table but not in MLflow ({view.down}); "
+            f"run `tart grid --sync-mlflow` (or re-run the grid) once MLflow is back")
     if view is not None:
         try:
             view.finish(summary, status="FAILED" if progress.failed else "FINISHED")
@@ -634,7 +766,10 @@ def _remote_icl(cpus: float):
 
 
 def _epilog() -> str:
-    lines = ["grid spec keys (YAML and/or key=value overrides; defaults shown):"]
+    lines = ["exit status: 0 all cells done and logged; 2 invalid grid or unusable storage/MLflow (nothing run,",
+             "  or stopped at the first failed write: finished cells are kept); 3 every cell is in the results",
+             "  table but MLflow missed some (`tart grid --sync-mlflow` later); 1 some cells failed (re-run).", "",
+             "grid spec keys (YAML and/or key=value overrides; defaults shown):"]
     for f in dataclasses.fields(GridSpec):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         lines.append(f"  {f.name}={json.dumps(default)}")
@@ -653,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     ap.add_argument("--no-compare", action="store_true", help="do not print the comparison table at the end")
     a = ap.parse_args(argv)
+    from .storage import StorageError
+    from .tracking import TrackingError
+
     try:
         spec = load_config(GridSpec, a.config, a.overrides)
         if a.sync_mlflow:
@@ -663,14 +801,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grid {spec.name}: {len(cells)} valid cells")
             return 0
         summary = run_grid(spec, force=a.force)
-    except (ConfigError, GridError) as e:
+    except (ConfigError, GridError, StorageError, TrackingError) as e:
         print(f"tart grid: error: {e}", file=sys.stderr)
         return 2
     if not a.no_compare:
         from .compare import compare_from_table
 
         compare_from_table(spec, summary)
-    return 0
+    # 3: every cell is in the results table but MLflow missed some (sync later)
+    return 3 if summary.get("mlflow_unlogged") else 0
 
 
 if __name__ == "__main__":

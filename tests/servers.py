@@ -1,0 +1,74 @@
+"""A real `mlflow server` process for tests: sqlite backend + artifacts dir, own process group.
+
+`MlflowServer(root)` keeps its database and port across `stop()` / `start()`, so a test
+can kill the server mid-grid and bring the same server back later.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent  # the venv's bin: `mlflow`
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    def __init__(self, root: Path, env: dict | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = env or dict(os.environ)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> "MlflowServer":
+        cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root}/srv.db",
+               "--artifacts-destination", str(self.root / "art"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1"]
+        log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log.close()
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=3) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not come up:\n{(self.root / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group (mlflow spawns uvicorn/gunicorn workers): a crash, not a shutdown."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc = None

@@ -1,0 +1,225 @@
+"""Grid faults with real processes: a SIGKILLed driver, a crashed MLflow server, two drivers
+at once on the same storage, a full disk, a truncated result file.
+
+Each case asserts the outcome that matters: the results table holds every cell exactly
+once, MLflow holds exactly one FINISHED run per cell, and nothing finished is lost.
+Drivers are `tart grid` subprocesses (executor=local: the faults are about the driver,
+its storage and its MLflow, not about Ray scheduling, which test_grid/test_jobs cover).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.grid import GridSpec, expand, read_results, run_grid
+from pipeline.storage import StorageError
+from servers import MlflowServer
+
+pytestmark = pytest.mark.timeout(900)
+
+TART = str(Path(sys.executable).parent / "tart")
+N_CELLS = 18  # 1 dataset x 1 backbone x 3 methods x 2 k x 3 seeds
+GRID = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_probe,lr_full]", "ks=[18,32]",
+        "seeds=[0,1,2]", "test_size=40", "train_size=80", "executor=local", "embed_batch_size=32"]
+
+
+def _env() -> dict:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TART_CACHE=os.environ.get("TART_CACHE", "/tmp/tart-test-cache"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def emb_cache(tmp_path_factory):
+    """An embedding cache shared by the tests of this module (computed by the first grid)."""
+    return str(tmp_path_factory.mktemp("emb"))
+
+
+def _overrides(tmp_path: Path, cache: str, mlflow_uri: str, name: str = "faults") -> list[str]:
+    return [f"name={name}", *GRID, f"storage={tmp_path}/grids", f"cache_uri={cache}", f"mlflow_uri={mlflow_uri}"]
+
+
+def _spec(overrides: list[str]) -> GridSpec:
+    return load_config(GridSpec, None, overrides)
+
+
+def _cell_files(spec: GridSpec) -> list[Path]:
+    d = Path(spec.storage) / spec.name / "cells"
+    return sorted(p for p in d.glob("*.parquet") if not p.name.startswith("_")) if d.is_dir() else []
+
+
+def _start(overrides: list[str], log: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([TART, "grid", *overrides, "--no-compare", *extra], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=_env())
+
+
+def _wait_for_cells(spec: GridSpec, n: int, proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while len(_cell_files(spec)) < n:
+        assert proc.poll() is None, f"grid exited (rc {proc.returncode}) before {n} cells:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"no {n} cells after {timeout_s}s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.02)
+
+
+def _mlflow_cell_runs(uri: str, grid: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("tart-grid")
+    return c.search_runs([exp.experiment_id], max_results=10000,
+                         filter_string=f"tags.`tart.grid` = '{grid}' and tags.`tart.kind` = 'cell'")
+
+
+def _assert_each_cell_once(spec: GridSpec, uri: str) -> None:
+    expected = {c.cell_id for c in expand(spec)}
+    files = _cell_files(spec)
+    assert {p.stem for p in files} == expected
+    for p in files:  # every file is a complete, readable one-row table
+        assert pq.read_table(p).num_rows == 1, p
+    df = read_results(spec)
+    assert len(df) == N_CELLS and set(df["cell_id"]) == expected
+    runs = _mlflow_cell_runs(uri, spec.name)
+    ids = [r.data.tags["cell_id"] for r in runs]
+    assert sorted(ids) == sorted(expected), f"{len(ids)} MLflow runs for {N_CELLS} cells"
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all("accuracy" in r.data.metrics for r in runs)
+
+
+def test_driver_sigkilled_at_a_random_cell_reruns_only_the_missing_cells(tmp_path, emb_cache):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    over = _overrides(tmp_path, emb_cache, uri)
+    spec = _spec(over)
+    seed = random.randrange(10**6)
+    kill_after = random.Random(seed).randint(1, 9)
+    print(f"kill after {kill_after} cells (seed {seed})")
+    proc = _start(over, tmp_path / "first.log")
+    _wait_for_cells(spec, kill_after, proc, tmp_path / "first.log")
+    proc.kill()  # SIGKILL: no cleanup, no atexit, maybe mid-write or mid-MLflow-log
+    proc.wait(timeout=30)
+    finished = len(_cell_files(spec))
+    assert kill_after <= finished < N_CELLS
+
+    log = tmp_path / "second.log"
+    rerun = _start(over, log)
+    assert rerun.wait(timeout=600) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert f"{finished} already in the results table, {N_CELLS - finished} to run" in out, out[-3000:]
+    assert f'"cells_run": {N_CELLS - finished}' in out
+    _assert_each_cell_once(spec, uri)
+    # the killed launch's parent run is closed as KILLED by the re-run; the re-run's is FINISHED
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("tart-grid")
+    launches = c.search_runs([exp.experiment_id], filter_string="tags.`tart.kind` = 'grid-launch'",
+                             order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in launches] == ["KILLED", "FINISHED"]
+
+
+def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, emb_cache):
+    srv = MlflowServer(tmp_path / "srv", env=_env()).start()
+    try:
+        over = _overrides(tmp_path, emb_cache, srv.uri, name="srvdown")
+        spec = _spec(over)
+        log = tmp_path / "grid.log"
+        proc = _start(over, log)
+        _wait_for_cells(spec, 3, proc, log)
+        srv.kill()
+        rc = proc.wait(timeout=600)
+        out = log.read_text()
+        assert rc == 3, out[-3000:]  # 3: results complete, MLflow view incomplete
+        assert "not in MLflow" in out and "--sync-mlflow" in out
+        assert len(read_results(spec)) == N_CELLS  # nothing lost
+
+        srv.start()  # the same server (database, port) comes back
+        n_before = len(_mlflow_cell_runs(srv.uri, spec.name))
+        assert n_before < N_CELLS
+        sync = subprocess.run([TART, "grid", *over, "--sync-mlflow"], capture_output=True, text=True, env=_env(),
+                              timeout=600)
+        assert sync.returncode == 0, sync.stdout[-2000:] + sync.stderr[-2000:]
+        assert f"synced {N_CELLS - n_before} cell(s)" in sync.stdout
+        _assert_each_cell_once(spec, srv.uri)
+    finally:
+        srv.stop()
+
+
+def test_two_drivers_of_one_grid_at_once_write_each_cell_once(tmp_path):
+    srv = MlflowServer(tmp_path / "srv", env=_env()).start()
+    try:
+        # their own, empty embedding cache: the two drivers also race on its writes
+        over = _overrides(tmp_path, str(tmp_path / "emb"), srv.uri, name="twice")
+        spec = _spec(over)
+        procs = [_start(over, tmp_path / f"driver{i}.log") for i in (0, 1)]
+        for i, p in enumerate(procs):
+            assert p.wait(timeout=600) == 0, (tmp_path / f"driver{i}.log").read_text()[-3000:]
+        _assert_each_cell_once(spec, srv.uri)
+        table = pq.read_table(Path(spec.storage) / spec.name / "results.parquet").to_pandas()
+        assert len(table) == N_CELLS and table["cell_id"].is_unique
+        # a third, sequential run finds everything done and logs nothing new
+        again = subprocess.run([TART, "grid", *over, "--no-compare"], capture_output=True, text=True, env=_env(),
+                               timeout=600)
+        assert again.returncode == 0 and f"{N_CELLS} already in the results table, 0 to run" in again.stdout
+        _assert_each_cell_once(spec, srv.uri)
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 48 KiB tmpfs: the grid's storage fills up after a few cells (needs root)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (not root?): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, emb_cache, small_disk, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    over = [o for o in _overrides(tmp_path, emb_cache, uri, name="full") if not o.startswith("storage=")]
+    spec = _spec([*over, f"storage={small_disk}"])
+    with pytest.raises(StorageError, match=r"cannot write the result of cell .*No space left on device"):
+        run_grid(spec)
+    files = _cell_files(spec)
+    assert 0 < len(files) < N_CELLS
+    for p in files:
+        assert pq.read_table(p).num_rows == 1
+    assert not [p for p in (Path(small_disk) / "full" / "cells").iterdir() if p.name.startswith("_tmp-")]
+    assert "skipping unreadable" not in capsys.readouterr().err
+    written = {p.stem for p in files}
+    assert {r.data.tags["cell_id"] for r in _mlflow_cell_runs(uri, "full")} == written
+
+    # more room: the re-run computes only what is missing
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    summary = run_grid(spec)
+    assert summary["cells_skipped"] == len(written) and summary["cells_run"] == N_CELLS - len(written)
+    _assert_each_cell_once(spec, uri)
+
+
+def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = _spec(_overrides(tmp_path, emb_cache, uri, name="trunc"))
+    run_grid(spec)
+    victim = _cell_files(spec)[5]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    df = read_results(spec)
+    assert len(df) == N_CELLS - 1 and victim.stem not in set(df["cell_id"])
+    assert f"skipping unreadable result file {victim}" in capsys.readouterr().err
+    summary = run_grid(spec)
+    assert summary["cells_run"] == 1 and summary["cells_skipped"] == N_CELLS - 1
+    _assert_each_cell_once(spec, uri)  # the cell was in MLflow already: not logged twice
