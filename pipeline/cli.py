@@ -36,8 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     if stage not in STAGES:
         print(f"tart: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    line_buffered_output()
     module = importlib.import_module(STAGES[stage][0])
     return int(module.main(rest) or 0)
+
+
+def line_buffered_output() -> None:
+    """Progress lines reach a log file or `ray job logs` as they are printed, not 8 KiB later."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
 
 
 if __name__ == "__main__":
