@@ -416,9 +416,10 @@ class MlflowView:
     """The driver's MLflow logger: parent run per launch, child run per cell, no duplicates.
 
     Exactly one FINISHED child run per cell, even when a driver was killed mid-log or two
-    drivers log the same cell at once: after logging, `_dedupe` keeps the earliest
-    FINISHED run of the cell (start time, then run id: every driver picks the same one)
-    and deletes the others, unfinished leftovers of killed drivers included.
+    drivers log the same cell at once: at the end of every launch (and sync), `dedupe`
+    keeps the earliest FINISHED run of each cell (start time, then run id: every driver
+    picks the same one) and deletes the others, unfinished leftovers of killed drivers
+    included. A driver whose half-logged run was deleted that way sees the cell logged.
     If the server fails mid-grid the view goes `down`: the grid goes on (the results
     table is the source of truth) and no further call waits on a dead server.
     """
@@ -470,18 +471,30 @@ class MlflowView:
             if host == socket.gethostname() and pid and pid.isdigit() and not _pid_alive(int(pid)):
                 self.client.set_terminated(r.info.run_id, status="KILLED")
 
-    def _dedupe(self, cell_id: str) -> None:
-        runs = self._cell_runs(cell_id)
-        finished = sorted((r for r in runs if r.info.status == "FINISHED"),
-                          key=lambda r: (r.info.start_time, r.info.run_id))
-        if not finished:
-            return
-        for r in runs:
-            if r.info.run_id != finished[0].info.run_id:
-                try:
-                    self.client.delete_run(r.info.run_id)
-                except Exception:  # noqa: BLE001 - another driver deleted it first
-                    pass
+    def dedupe(self) -> int:
+        """Keep one run per cell: the earliest FINISHED one; delete the rest. Returns deletions.
+
+        One search for the whole grid at the end of a launch (not one per cell: with a
+        sqlite store that doubled the logging cost). Cells with no FINISHED run yet (a
+        concurrent driver still logging) are left alone.
+        """
+        if self.down:
+            return 0
+        by_cell: dict[str, list] = {}
+        for r in self._cell_runs():
+            by_cell.setdefault(r.data.tags.get("cell_id"), []).append(r)
+        deleted = 0
+        for runs in by_cell.values():
+            finished = sorted((r for r in runs if r.info.status == "FINISHED"),
+                              key=lambda r: (r.info.start_time, r.info.run_id))
+            for r in runs if finished else []:
+                if r.info.run_id != finished[0].info.run_id:
+                    try:
+                        self.client.delete_run(r.info.run_id)
+                        deleted += 1
+                    except Exception:  # noqa: BLE001 - another driver deleted it first
+                        pass
+        return deleted
 
     def log_cell(self, row: dict) -> bool:
         """Log one results-table row as a child run; False if already logged or MLflow is down."""
@@ -535,13 +548,13 @@ class MlflowView:
         self.client.log_text(rid, json.dumps({"ids": list(row["test_ids"]), "labels": list(map(int, row["labels"])),
                                               "probs": [float(x) for x in row["probs"]]}), "predictions.json")
         self.client.set_terminated(rid)
-        self._dedupe(row["cell_id"])
 
     def sync(self, df) -> int:
         """Log every row of the results table `df` that MLflow does not hold yet."""
         return sum(self.log_cell(row) for row in df.to_dict("records"))
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
+        self.dedupe()
         if self.down:
             return
         for k, v in summary.items():
