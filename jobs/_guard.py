@@ -77,10 +77,10 @@ def check(stage: str) -> None:
 def run(stage: str, module: str) -> None:
     """check(), then import `module` and exit with its main()'s status (ModuleNotFoundError: exit 2)."""
     check(stage)
-    for stream in (sys.stdout, sys.stderr):  # progress visible in `ray job logs` as it is printed
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(line_buffering=True)
     try:
+        from pipeline.cli import line_buffered_output
+
+        line_buffered_output()  # progress visible in `ray job logs` as it is printed
         sys.exit(importlib.import_module(module).main())
     except ModuleNotFoundError as e:  # installed but broken (a dependency of a dependency is missing)
         if (e.name or "").startswith(("pipeline.", "jobs.")):
