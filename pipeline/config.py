@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -189,3 +190,38 @@ def stage_parser(prog: str, description: str, epilog: str, config_example: str,
                    help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
     return p
+
+
+def defaults_epilog(cfg: Any, field_help: dict[str, str], examples: list[str]) -> str:
+    """`--help` epilog: every key of `cfg` (nested dataclasses dotted) with its default and help, then examples."""
+    lines = ["config keys (YAML file and/or key=value overrides; defaults shown):"]
+
+    def walk(obj: Any, prefix: str = "") -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{key}.")
+            else:
+                lines.append(f"  {key + '=' + json.dumps(value):<36} {field_help.get(key, '')}")
+
+    walk(cfg)
+    return "\n".join(lines + ["", "examples:", *examples])
+
+
+def init_ray(address: str | None, num_cpus: float | None) -> None:
+    """Connect to `address` (a stage's --address) or start a local Ray; a no-op when already connected."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return
+    # local workers inherit the driver's environment: make `pipeline` importable without pip install
+    root = str(Path(__file__).resolve().parents[1])
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")

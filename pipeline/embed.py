@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -63,7 +62,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import storage
-from .config import ConfigError, load_config, to_dict, stage_parser
+from .config import ConfigError, defaults_epilog, init_ray, load_config, stage_parser
 
 FORMAT = "tart-embeddings"
 FORMAT_VERSION = 1
@@ -835,20 +834,13 @@ def get_embeddings(dataset: str, split: str, backbone: str, protocol: str = "str
 
 
 def _defaults_epilog() -> str:
-    lines = ["config keys (YAML file and/or key=value overrides; defaults shown):"]
-    cfg = EmbedConfig()
-    for f in dataclasses.fields(EmbedConfig):
-        lines.append(f"  {f.name + '=' + json.dumps(getattr(cfg, f.name)):<32} {FIELD_HELP.get(f.name, '')}")
-    lines += [
-        "",
-        "examples:",
+    return defaults_epilog(EmbedConfig(), FIELD_HELP, [
         "  tart embed --config configs/embed/default.yaml",
         "  tart embed dataset=sms_spam backbone=minilm-l6 actors=2 cpus_per_actor=0.5 batch_size=64",
         "  tart embed backbone=smollm2-135m protocol=loo ks=[18,32] seeds=[0,1,2] dataset_options.test_size=200",
         "  tart embed backbone=smollm2-135m gpus_per_actor=1 dtype=bfloat16 actors=4 --address auto",
         "A second run with the same key computes nothing; partial entries are recomputed.",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -868,14 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(EmbedConfig, args.config, args.overrides)
         open_cache(cfg)  # an unusable cache fails before Ray starts (embed() probes it again: cheap)
         if cfg.executor == "ray" and cfg.protocol == "stream":
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            import ray
-
-            if not ray.is_initialized():
-                if args.address:
-                    ray.init(address=args.address, logging_level="WARNING")
-                else:
-                    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
+            init_ray(args.address, args.num_cpus)
         table = embed(cfg, log=lambda m: print(m, file=sys.stderr))
     except (ValueError, OSError, EmbedError) as e:  # ConfigError, DatasetError, BackboneError, StorageError
         print(f"tart embed: error: {e}", file=sys.stderr)

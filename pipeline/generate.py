@@ -54,7 +54,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -65,7 +64,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import ConfigError, config_digest, load_config, to_dict, stage_parser
+from .config import ConfigError, config_digest, defaults_epilog, init_ray, load_config, stage_parser, to_dict
 from .synthetic import Episodes, TaskSpec, sample_episodes_np
 
 FORMAT = "tart-episodes"
@@ -564,25 +563,12 @@ def read_episodes(uri: str, verify: bool = True, storage_options: dict | None = 
 
 
 def _defaults_epilog() -> str:
-    lines = ["config keys (YAML file and/or key=value overrides; defaults shown):"]
-    cfg = GenerateConfig()
-    for f in dataclasses.fields(GenerateConfig):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            for g in dataclasses.fields(value):
-                key = f"{f.name}.{g.name}"
-                lines.append(f"  {key + '=' + json.dumps(getattr(value, g.name)):<36} {FIELD_HELP.get(key, '')}")
-        else:
-            lines.append(f"  {f.name + '=' + json.dumps(value):<36} {FIELD_HELP.get(f.name, '')}")
-    lines += [
-        "",
-        "examples:",
+    return defaults_epilog(GenerateConfig(), FIELD_HELP, [
         "  tart generate --config configs/generate/small.yaml output=/data/ep seed=1",
         "  tart generate episodes=100000 shards=100 output=s3://bucket/tart/ep --address auto",
         "Re-running with the same config skips complete shards; a different config at an",
         "existing output is refused unless overwrite=true.",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -601,14 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(GenerateConfig, args.config, args.overrides)
         if cfg.executor == "ray":
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            import ray
-
-            if not ray.is_initialized():
-                if args.address:
-                    ray.init(address=args.address, logging_level="WARNING")
-                else:
-                    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="WARNING")
+            init_ray(args.address, args.num_cpus)
         report = generate(cfg)
     except (ValueError, OSError, GenerateError) as e:  # ConfigError, ShardError, StorageError included
         print(f"tart generate: error: {e}", file=sys.stderr)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, from_dict, load_config, to_dict, stage_parser
+from .config import ConfigError, defaults_epilog, from_dict, init_ray, load_config, stage_parser, to_dict
 from .reasoner import (CONFIG_FILE, SIZES, WEIGHTS_FILE, ReasonerConfig, ReasonerModel,
                        save_checkpoint)
 from .synthetic import TaskSpec, apply_curriculum, sample_episodes_torch
@@ -601,7 +600,7 @@ def train(cfg: TrainConfig, log=print, address: Optional[str] = None, num_cpus: 
     t0 = time.time()
     # 1. everything that can be wrong is checked before a worker starts
     check_data(cfg, log)
-    _init_ray(address, num_cpus)  # after the data checks; a no-op when already connected
+    init_ray(address, num_cpus)  # after the data checks; a no-op when already connected
     if cfg.gpu and ray.cluster_resources().get("GPU", 0) < cfg.workers:
         raise ConfigError(f"gpu=true with workers={cfg.workers}, but the Ray cluster has "
                           f"{ray.cluster_resources().get('GPU', 0):g} GPU(s)")
@@ -737,28 +736,13 @@ FIELD_HELP = {
 
 
 def _defaults_epilog() -> str:
-    lines = ["config keys (YAML file and/or key=value overrides; defaults shown):"]
-
-    def walk(obj, prefix=""):
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            key = f"{prefix}{f.name}"
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{key}.")
-            else:
-                lines.append(f"  {key + '=' + json.dumps(value):<36} {FIELD_HELP.get(key, '')}")
-
-    walk(TrainConfig())
-    lines += [
-        "",
-        "examples:",
+    return defaults_epilog(TrainConfig(), FIELD_HELP, [
         "  tart train --config configs/train/tiny-cpu.yaml",
         "  tart train --config configs/train/default.yaml --address auto workers=4 register_as=tart-reasoner",
         "  tart train size=tiny steps=200 data=tart_runs/episodes/small name=try1",
         "Re-running with the same name and storage resumes from the latest checkpoint; the",
         "final reasoner is exported to <storage>/<name>/final/ (load_reasoner(path) reads it).",
-    ]
-    return "\n".join(lines)
+    ])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -770,23 +754,6 @@ def build_parser() -> argparse.ArgumentParser:
         "configs/train/tiny-cpu.yaml",
         "steps=200 size=tiny",
     )
-
-
-def _init_ray(address: Optional[str], num_cpus: Optional[float]) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-        return
-    # local workers inherit the driver's environment: make `pipeline` importable without pip install
-    root = str(Path(__file__).resolve().parents[1])
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -32,6 +29,8 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
+
+from servers import MlflowServer, free_port
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -46,12 +45,6 @@ EXCLUDES = [".venv", ".git", "tart_runs", "mlruns", "mlartifacts", ".tart_cache"
 RUNTIME_ENV_VARS = yaml.safe_load((REPO_ROOT / "cluster" / "runtime_env.yaml").read_text())["env_vars"]
 TINY = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_full]", "ks=[18]", "seeds=[0]",
         "test_size=20", "train_size=40", "embed_batch_size=16"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -100,7 +93,7 @@ def ray_cluster():
 
     ray.shutdown()  # this process must not hold another Ray (e.g. from the ray_local fixture)
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     env = _env()
     head = [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
@@ -257,37 +250,11 @@ def test_job_submitted_without_the_runtime_env_is_refused(ray_cluster):
 @pytest.fixture(scope="module")
 def mlflow_server():
     tmp = Path(tempfile.mkdtemp(prefix="tart-mlsrv-"))
-    port = _free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/srv.db",
-           "--artifacts-destination", str(tmp / "art"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp, env=_env()).start()
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=3) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError(f"mlflow server did not come up:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield uri
+        yield server.uri
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the whole group: mlflow spawns uvicorn/gunicorn workers
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
