@@ -85,15 +85,23 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
-    """Mean accuracy gain of tart over `ref`, paired on (grid, dataset, backbone, k, seed)."""
+    """Mean accuracy gain of tart over `ref`, paired on (grid, dataset, backbone, k, seed).
+
+    One row per tart variant (`tart`, or `tart@<digest>` when the grid compares reasoners):
+    averaging two reasoners' accuracies into one "tart" would report neither.
+    """
     pair = ["grid", "dataset", "backbone", "k", "seed"]
-    t = df[df["method"] == "tart"].groupby(pair)["accuracy"].mean()
-    r = df[df["method"] == ref].groupby(pair)["accuracy"].mean()
-    both = pd.concat({"tart": t, ref: r}, axis=1).dropna()
-    if both.empty:
-        return pd.DataFrame()
-    both["gain"] = both["tart"] - both[ref]
-    return both.reset_index().groupby(["grid", "dataset", "backbone"])["gain"].agg(["mean", "count"]).reset_index()
+    d = df.assign(label=_label(df))
+    r = d[d["method"] == ref].groupby(pair)["accuracy"].mean()
+    out = []
+    for label, t_rows in d[d["method"] == "tart"].groupby("label"):
+        both = pd.concat({"tart": t_rows.groupby(pair)["accuracy"].mean(), ref: r}, axis=1).dropna()
+        if both.empty:
+            continue
+        both["gain"] = both["tart"] - both[ref]
+        g = both.reset_index().groupby(["grid", "dataset", "backbone"])["gain"].agg(["mean", "count"]).reset_index()
+        out.append(g.assign(tart=label))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
@@ -148,10 +156,14 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
         g = gains(df, ref)
         if not g.empty:
             md += [f"## Gain of tart over {ref} (mean over paired cells)", "",
-                   "| grid | dataset | backbone | gain | cells |", "|---|---|---|---|---|"]
-            md += [f"| {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | {r['count']} |" for _, r in g.iterrows()]
-            overall = (g["mean"] * g["count"]).sum() / g["count"].sum()
-            md += [f"", f"Average gain of tart over {ref}: **{overall:+.3f}**", ""]
+                   "| tart | grid | dataset | backbone | gain | cells |", "|---|---|---|---|---|---|"]
+            md += [f"| {r.tart} | {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | {r['count']} |"
+                   for _, r in g.iterrows()]
+            md.append("")
+            for label, gl in g.groupby("tart"):
+                overall = (gl["mean"] * gl["count"]).sum() / gl["count"].sum()
+                md.append(f"Average gain of {label} over {ref}: **{overall:+.3f}**")
+            md.append("")
             files[f"gain_vs_{ref}.csv"] = g
     text = "\n".join(md)
     (out_dir / "summary.md").write_text(text)
