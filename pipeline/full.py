@@ -14,7 +14,9 @@ is added to the grid's `reasoners` next to the shipped default.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 
 from .config import ConfigError, load_config
 from .storage import join
@@ -48,18 +50,30 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tart pipeline: error: {e}", file=sys.stderr)
         return 2
+    # wall time per stage (the grid's own split: embed / cells / MLflow), printed at the end
+    times: dict[str, float] = {}
+    t = time.time()
     print(f"[pipeline] 1/3 generate -> {gen_cfg.output}", flush=True)
     generate(gen_cfg)
+    times["generate_s"] = time.time() - t
     if train_cfg is not None:
+        t = time.time()
         print(f"[pipeline] 2/3 train -> {train_cfg.storage}/{train_cfg.name}", flush=True)
         report = train(train_cfg)
         if report["final_dir"] not in grid.reasoners:
             grid.reasoners = list(grid.reasoners) + [report["final_dir"]]
+        times["train_s"] = time.time() - t
+    t = time.time()
     print(f"[pipeline] 3/3 grid {grid.name} with reasoners {grid.reasoners}", flush=True)
     summary = run_grid(grid)
+    times["grid_s"] = time.time() - t
+    times.update({f"grid_{k}": summary[k] for k in ("embed_s", "cells_s", "mlflow_s")})
     from .compare import compare_from_table
 
+    t = time.time()
     compare_from_table(grid, summary)
+    times["compare_s"] = time.time() - t
+    print(f"[pipeline] stage times: {json.dumps({k: round(v, 1) for k, v in times.items()})}", flush=True)
     return 0
 
 
