@@ -74,8 +74,15 @@ class GridSpec:
     cpus_per_cell: float = 0.5
     embed_actors: int = 1
     embed_batch_size: int = 32
-    gpus_per_actor: float = 0.0
+    # torch threads inside each embedding actor; null: as Ray sets them (one per requested CPU, so a
+    # 0.5-CPU actor gets 1 thread). Embedding runs before the cells, so on a small CPU box it may use them all.
+    embed_torch_threads: Optional[int] = None
+    gpus_per_actor: float = 0.0  # per embedding actor
+    gpus_per_icl_task: float = 0.0  # per ICL task (one seed of one dataset x causal backbone); > 0: the LM runs on it
     icl_batch_size: int = 8
+    # weights/activations of the backbones (embedding and icl): auto = float32 on CPU, bfloat16 on GPU.
+    # bfloat16 on a CPU with AVX512-BF16/AMX is several times faster than float32 (BENCHMARKS.md).
+    dtype: str = "auto"
 
     def validate(self) -> None:
         if self.executor not in ("ray", "local"):
@@ -85,6 +92,14 @@ class GridSpec:
                 raise ConfigError(f"grid {name} is empty: list at least one")
         if self.test_size < 2 or self.train_size < 2:
             raise ConfigError("test_size and train_size must be >= 2")
+        from .embed import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.gpus_per_actor < 0 or self.gpus_per_icl_task < 0:
+            raise ConfigError("gpus_per_actor and gpus_per_icl_task must be >= 0")
+        if self.embed_torch_threads is not None and self.embed_torch_threads < 1:
+            raise ConfigError(f"embed_torch_threads={self.embed_torch_threads}: expected >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -98,11 +113,14 @@ class Cell:
     reasoner_digest: str
     k: int
     seed: int
+    dtype: str = "auto"  # the grid's backbone dtype
 
     @property
     def cell_id(self) -> str:
         key = dict(dataclasses.asdict(self), code_version=CODE_VERSION)
         key.pop("reasoner")  # the path does not decide the result; the weights digest does
+        if key["dtype"] == "auto":  # ids of grids from before the option stay valid
+            key.pop("dtype")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
@@ -231,16 +249,16 @@ def expand(spec: GridSpec) -> list[Cell]:
                         if m == "icl":
                             if kinds[b] not in ("causal", None) or modality.get(name) != "text":
                                 continue
-                            cells.append(Cell(name, dopts, b, "prompt", m, "-", "-", k, seed))
+                            cells.append(Cell(name, dopts, b, "prompt", m, "-", "-", k, seed, spec.dtype))
                             continue
                         for p in spec.protocols:
                             if p != "stream" and kinds[b] not in ("causal", None):
                                 continue
                             if m == "tart":
                                 for r in spec.reasoners:
-                                    cells.append(Cell(name, dopts, b, p, m, r, digests[r], k, seed))
+                                    cells.append(Cell(name, dopts, b, p, m, r, digests[r], k, seed, spec.dtype))
                             else:
-                                cells.append(Cell(name, dopts, b, p, m, "-", "-", k, seed))
+                                cells.append(Cell(name, dopts, b, p, m, "-", "-", k, seed, spec.dtype))
     return cells
 
 
@@ -382,7 +400,12 @@ def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
     c0 = cells[0]
     pool = load_examples(c0.dataset, "train", **c0.options)
     test = load_examples(c0.dataset, "test", **c0.options)
-    tok, model = load_causal_lm(c0.backbone)
+    import torch
+
+    # the GPU a Ray task was given (gpus_per_icl_task > 0), or a local one; else CPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = c0.dtype if c0.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
+    tok, model = load_causal_lm(c0.backbone, device=device, dtype=dtype)
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
     for cell in cells:
         if skip is not None and skip(cell):
@@ -667,7 +690,7 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         opts = json.loads(dopts)
         common = dict(dataset_options=opts, cache_uri=spec.cache_uri or None, executor="ray" if use_ray else "local",
                       actors=spec.embed_actors, batch_size=spec.embed_batch_size, gpus_per_actor=spec.gpus_per_actor,
-                      log=log)
+                      torch_threads=spec.embed_torch_threads, dtype=spec.dtype, log=log)
         if protocol == "stream":
             train = get_embeddings(dataset, "train", backbone, "stream", **common)
             test = get_embeddings(dataset, "test", backbone, "stream", **common)
@@ -700,6 +723,20 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                 timings["cells_s"] += time.time() - t
                 finish_row(_row(c, res, yq, ids))
 
+    if use_ray:  # collect the cheap cells first: queued behind long ICL tasks they would sit unreported
+        import ray
+
+        t = time.time()
+        refs = {ref: (c, yq, ids) for c, yq, ids, ref in pending}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            c, yq, ids = refs.pop(ready[0])
+            try:
+                finish_row(_row(c, ray.get(ready[0]), yq, ids))
+            except Exception as e:  # noqa: BLE001 - a failed cell is reported, the rest go on
+                progress.tick(False, f"cell {c.cell_id} failed: {e}")
+        timings["cells_s"] += time.time() - t
+
     # -- ICL cells: one task per (dataset, backbone)
     icl_groups: dict[tuple, list[Cell]] = {}
     for c in todo:
@@ -710,7 +747,8 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         if use_ray:  # one task per seed: a lost task costs one seed's cells, not the group's
             for seed in sorted({c.seed for c in gcells}):
                 part = [c for c in gcells if c.seed == seed]
-                icl_pending.append((part, _remote_icl(spec.cpus_per_cell).remote(part, spec.icl_batch_size)))
+                icl_pending.append((part, _remote_icl(spec.cpus_per_cell, spec.gpus_per_icl_task)
+                                    .remote(part, spec.icl_batch_size)))
         else:  # each cell lands in the table as soon as it is scored
             t = time.time()
             for c, res in iter_icl_group(gcells, spec.icl_batch_size, skip=lambda c: _finished_elsewhere(spec, c)):
@@ -724,17 +762,12 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         import ray
 
         t = time.time()
-        refs = {ref: (c, yq, ids) for c, yq, ids, ref in pending}
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            c, yq, ids = refs.pop(ready[0])
+        icl_refs = {ref: gcells for gcells, ref in icl_pending}
+        while icl_refs:  # in the order they finish
+            ready, _ = ray.wait(list(icl_refs), num_returns=1)
+            gcells = icl_refs.pop(ready[0])
             try:
-                finish_row(_row(c, ray.get(ready[0]), yq, ids))
-            except Exception as e:  # noqa: BLE001 - a failed cell is reported, the rest go on
-                progress.tick(False, f"cell {c.cell_id} failed: {e}")
-        for gcells, ref in icl_pending:
-            try:
-                for c, res in zip(gcells, ray.get(ref)):
+                for c, res in zip(gcells, ray.get(ready[0])):
                     finish_row(_row(c, res, res["labels"], res["ids"]))
             except Exception as e:  # noqa: BLE001
                 for c in gcells:
@@ -769,10 +802,10 @@ def _remote_cell(cpus: float):
     return ray.remote(num_cpus=cpus, max_retries=2)(run_embedding_cell)
 
 
-def _remote_icl(cpus: float):
+def _remote_icl(cpus: float, gpus: float = 0.0):
     import ray
 
-    return ray.remote(num_cpus=cpus, max_retries=1)(run_icl_group)
+    return ray.remote(num_cpus=cpus, num_gpus=gpus or None, max_retries=1)(run_icl_group)
 
 
 # ----------------------------------------------------------------------------- CLI

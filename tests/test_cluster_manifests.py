@@ -230,5 +230,5 @@ def test_paper_grid_shape():
             assert ds.source == "hf", d["name"]
     assert set(spec.methods) == {"tart", "icl", "lr_probe", "lr_full"}
     assert spec.ks == [18, 32, 48, 64, 128, 256] and spec.seeds == [0, 1, 2, 3, 4]
-    assert spec.gpus_per_actor == 1 and spec.test_size == 500 and spec.train_size == 512
+    assert spec.gpus_per_actor == 1 and spec.gpus_per_icl_task == 1 and spec.test_size == 500 and spec.train_size == 512
     assert all("/" in b for b in spec.backbones)  # HF ids

@@ -1,12 +1,16 @@
 """Stage 4/5: grid expansion, validation, execution on Ray, idempotence, MLflow view, compare."""
 
+import dataclasses
+import hashlib
+import json
 import os
 
 import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.grid import Cell, GridError, GridSpec, cell_metrics, expand, read_results, run_grid, sync_mlflow
+from pipeline.grid import (CODE_VERSION, Cell, GridError, GridSpec, cell_metrics, expand, read_results, run_grid,
+                           sync_mlflow)
 
 pytestmark = pytest.mark.timeout(1800)  # generous: a loaded 2-core box starves niced Ray workers
 
@@ -41,6 +45,18 @@ def test_validation_reports_every_problem_before_work(tmp_path):
     assert not (tmp_path / "grids").exists()  # nothing written
 
 
+@pytest.mark.parametrize("override,needle", [("executor=dask", "expected ray or local"),
+                                             ("embed_torch_threads=0", "embed_torch_threads=0"),
+                                             ("dtype=float64", "dtype='float64': expected one of"),
+                                             ("seeds=[]", "grid seeds is empty")])
+def test_bad_spec_values_are_named(tmp_path, override, needle):
+    from pipeline.config import ConfigError
+
+    k, v = override.split("=", 1)
+    with pytest.raises(ConfigError, match=needle):
+        _spec(tmp_path, **{k: v})
+
+
 def test_cell_ids_are_content_addressed(tmp_path):
     cells = expand(_spec(tmp_path))
     assert len(cells) == 6 and len({c.cell_id for c in cells}) == 6
@@ -50,6 +66,32 @@ def test_cell_ids_are_content_addressed(tmp_path):
     for field, value in (("k", 64), ("seed", 9), ("reasoner_digest", "x" * 16), ("backbone", "other")):
         assert Cell(**{**c.__dict__, field: value}).cell_id != c.cell_id
     assert expand(_spec(tmp_path))[0].cell_id == c.cell_id  # stable across expansions
+    # dtype: "auto" leaves the id as it was before the option existed; an explicit dtype is part of it
+    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("reasoner", "dtype")}
+    assert c.dtype == "auto" and c.cell_id == hashlib.sha256(
+        json.dumps({**old, "code_version": CODE_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
+    bf = expand(_spec(tmp_path, dtype="bfloat16"))[0]
+    assert bf.dtype == "bfloat16" and bf.cell_id != c.cell_id
+
+
+def test_bfloat16_grid_embeds_in_bf16_and_still_classifies(tmp_path):
+    spec = _spec(tmp_path, dtype="bfloat16", methods="[tart,lr_probe]", ks="[32]")
+    s = run_grid(spec)
+    assert s["cells_run"] == 2 and s["forward_passes"] > 0
+    df = read_results(spec)
+    assert (df["accuracy"] > 0.7).all(), df[["method", "accuracy"]]  # MiniLM in bf16 still separates spam
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "emb").rglob("_manifest.json")]
+    assert manifests and all("bfloat16" in json.dumps(m) for m in manifests)
+
+
+def test_icl_cell_scores_every_query_and_beats_chance(tmp_path):
+    # the grid's icl path end to end (SmolLM2 loaded once per dataset x backbone, KV-cached prompt)
+    spec = _spec(tmp_path, methods="[icl]", backbones="[smollm2-135m]", ks="[32]", test_size=20)
+    s = run_grid(spec)
+    assert s["cells_run"] == 1 and s["cells_failed"] == 0
+    row = read_results(spec).iloc[0]
+    assert row["method"] == "icl" and len(row["probs"]) == 20 and row["runtime_s"] > 0
+    assert row["accuracy"] >= 0.7, row["accuracy"]  # SmolLM2 at k=32 on sms: 0.97 +- 0.03 over 3 seeds of 100
 
 
 def test_icl_cells_only_for_causal_backbones(tmp_path):
@@ -69,7 +111,7 @@ def test_metrics_are_correct():
 
 
 def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
-    spec = _spec(tmp_path, executor="ray")
+    spec = _spec(tmp_path, executor="ray", embed_torch_threads=2)  # the actor's threads, as default.yaml sets them
     s1 = run_grid(spec)
     assert s1["cells_run"] == 6 and s1["cells_failed"] == 0
     df = read_results(spec)
