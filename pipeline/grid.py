@@ -395,6 +395,7 @@ def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
     """
     from .backbones import load_causal_lm
     from .datasets import context_sets, load_examples
+    from .embed import _resolve_dtype
     from .icl import ICLScorer
 
     c0 = cells[0]
@@ -404,8 +405,7 @@ def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
 
     # the GPU a Ray task was given (gpus_per_icl_task > 0), or a local one; else CPU
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = c0.dtype if c0.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    tok, model = load_causal_lm(c0.backbone, device=device, dtype=dtype)
+    tok, model = load_causal_lm(c0.backbone, device=device, dtype=_resolve_dtype(c0.dtype, device))
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
     for cell in cells:
         if skip is not None and skip(cell):
@@ -727,12 +727,9 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         import ray
 
         t = time.time()
-        refs = {ref: (c, yq, ids) for c, yq, ids, ref in pending}
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
-            c, yq, ids = refs.pop(ready[0])
+        for (c, yq, ids), ref in _in_finish_order({ref: (c, yq, ids) for c, yq, ids, ref in pending}):
             try:
-                finish_row(_row(c, ray.get(ready[0]), yq, ids))
+                finish_row(_row(c, ray.get(ref), yq, ids))
             except Exception as e:  # noqa: BLE001 - a failed cell is reported, the rest go on
                 progress.tick(False, f"cell {c.cell_id} failed: {e}")
         timings["cells_s"] += time.time() - t
@@ -762,12 +759,9 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         import ray
 
         t = time.time()
-        icl_refs = {ref: gcells for gcells, ref in icl_pending}
-        while icl_refs:  # in the order they finish
-            ready, _ = ray.wait(list(icl_refs), num_returns=1)
-            gcells = icl_refs.pop(ready[0])
+        for gcells, ref in _in_finish_order({ref: gcells for gcells, ref in icl_pending}):
             try:
-                for c, res in zip(gcells, ray.get(ready[0])):
+                for c, res in zip(gcells, ray.get(ref)):
                     finish_row(_row(c, res, res["labels"], res["ids"]))
             except Exception as e:  # noqa: BLE001
                 for c in gcells:
@@ -794,6 +788,16 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
     if progress.failed:
         raise RuntimeError(f"grid {spec.name}: {progress.failed} cell(s) failed; re-run to retry them")
     return summary
+
+
+def _in_finish_order(tasks: dict):
+    """Yield (what, ref) for the Ray refs in `tasks` (ref -> what) in the order they finish."""
+    import ray
+
+    tasks = dict(tasks)
+    while tasks:
+        ready, _ = ray.wait(list(tasks), num_returns=1)
+        yield tasks.pop(ready[0]), ready[0]
 
 
 def _remote_cell(cpus: float):
