@@ -17,7 +17,7 @@ Pairs 1 and 2 must give the same vectors (max abs difference printed); only time
 The same texts, batch size and torch threads are used throughout; each timing is the
 median of --repeats runs after one warm-up batch.
 
-Usage (2-core box):
+Usage (2-core box; on a GPU add --device cuda, where embed_texts' numpy result syncs each timing):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_embed_variants.py --backbone smollm2-135m --n 256
 """
 
@@ -47,6 +47,14 @@ def _timed(fn, repeats: int):
     return statistics.median(times), out
 
 
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({torch.get_num_threads()} torch threads)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="smollm2-135m")
@@ -54,6 +62,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=256, help="texts (first n of the train split, dataset order)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU path: fp32 vs bf16 there)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-dtype-pair", dest="dtype_pair", action="store_false", help="skip the fp32 vs bf16 pair")
     args = ap.parse_args()
@@ -65,7 +74,7 @@ def main() -> int:
     from pipeline.datasets import load_examples
 
     texts = list(load_examples(args.dataset, "train").texts[: args.n])
-    bb = load_backbone(args.backbone)
+    bb = load_backbone(args.backbone, device=args.device)
     bs = args.batch_size
     lengths = [len(x) for x in bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]]
     bb.embed_texts(texts[:bs], batch_size=bs)  # warm-up
@@ -79,16 +88,16 @@ def main() -> int:
     srt = sorted(lengths, reverse=True)
     padded["bucketed"] = sum(srt[s] * len(srt[s:s + bs]) for s in range(0, len(srt), bs))
     res = {
-        "backbone": args.backbone, "n": len(texts), "batch_size": bs, "threads": args.threads,
+        "backbone": args.backbone, "device": _device_name(args.device), "n": len(texts), "batch_size": bs, "threads": args.threads,
         "real_tokens": sum(lengths), "padded_tokens": padded,
         "bucketing": {"unbucketed_s": round(t_plain, 2), "bucketed_s": round(t_bucket, 2),
                       "speedup": round(t_plain / t_bucket, 2),
                       "max_abs_diff": float(np.abs(e_plain - e_bucket).max())},
     }
     if bb.kind == "causal":
-        tok, lm = load_causal_lm(args.backbone)
+        tok, lm = load_causal_lm(args.backbone, device=args.device)
         with_head = Backbone(name=bb.name, kind=bb.kind, revision=bb.revision, model=lm, tokenizer=tok,
-                             layer=bb.num_layers, pooling=bb.pooling, max_length=bb.max_length)
+                             layer=bb.num_layers, pooling=bb.pooling, max_length=bb.max_length, device=args.device)
         with_head.embed_texts(texts[:bs], batch_size=bs)  # warm-up
         t_head, e_head = _timed(lambda: with_head.embed_texts(texts, batch_size=bs), args.repeats)
         res["lm_head"] = {"base_model_s": round(t_bucket, 2), "lm_head_model_s": round(t_head, 2),
@@ -98,7 +107,7 @@ def main() -> int:
     if args.dtype_pair:
         from sklearn.linear_model import LogisticRegression
 
-        bf = load_backbone(args.backbone, dtype="bfloat16")
+        bf = load_backbone(args.backbone, device=args.device, dtype="bfloat16")
         bf.embed_texts(texts[:bs], batch_size=bs)  # warm-up
         t_bf, e_bf = _timed(lambda: bf.embed_texts(texts, batch_size=bs), args.repeats)
         cos = (e_bf * e_bucket).sum(1) / (np.linalg.norm(e_bf, axis=1) * np.linalg.norm(e_bucket, axis=1))
