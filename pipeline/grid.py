@@ -80,8 +80,9 @@ class GridSpec:
     gpus_per_actor: float = 0.0  # per embedding actor
     gpus_per_icl_task: float = 0.0  # per ICL task (one seed of one dataset x causal backbone); > 0: the LM runs on it
     icl_batch_size: int = 8
-    # weights/activations of the backbones (embedding and icl): auto = float32 on CPU, bfloat16 on GPU.
-    # bfloat16 on a CPU with AVX512-BF16/AMX is several times faster than float32 (BENCHMARKS.md).
+    # weights/activations of the backbones (embedding and icl): auto = bfloat16 on GPU and on CPUs with
+    # native bf16 (AVX512-BF16/AMX: 1.8-2.8x faster there, accuracy within 0.003; BENCHMARKS.md), else
+    # float32. The driver resolves it (GPU if gpus_per_actor / gpus_per_icl_task > 0) into each cell.
     dtype: str = "auto"
 
     def validate(self) -> None:
@@ -113,13 +114,19 @@ class Cell:
     reasoner_digest: str
     k: int
     seed: int
-    dtype: str = "auto"  # the grid's backbone dtype
+    # the backbone dtype, resolved by the driver; "auto" = float32 (how ids read before bf16 was auto)
+    dtype: str = "auto"
+
+    @property
+    def backbone_dtype(self) -> str:
+        """The dtype the backbone runs in for this cell."""
+        return "float32" if self.dtype == "auto" else self.dtype
 
     @property
     def cell_id(self) -> str:
         key = dict(dataclasses.asdict(self), code_version=CODE_VERSION)
         key.pop("reasoner")  # the path does not decide the result; the weights digest does
-        if key["dtype"] == "auto":  # ids of grids from before the option stay valid
+        if key["dtype"] == "auto":  # float32 as ids were before the option: those results stay valid
             key.pop("dtype")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -133,6 +140,18 @@ class Cell:
 
 
 # ----------------------------------------------------------------------------- expansion + validation
+def cell_dtype(dtype: str, gpus: float) -> str:
+    """A cell's dtype: `dtype` resolved for the device its work gets (a GPU if `gpus` > 0).
+
+    "auto" that resolves to float32 stays "auto", so the ids of earlier float32 results stay
+    valid; one that resolves to bfloat16 becomes "bfloat16", the id an explicit bfloat16 gets.
+    """
+    from .embed import resolve_dtype
+
+    resolved = resolve_dtype(dtype, "cuda" if gpus > 0 else "cpu")
+    return "auto" if dtype == "auto" and resolved == "float32" else resolved
+
+
 
 
 def _dataset_entries(spec: GridSpec) -> list[tuple[str, dict]]:
@@ -239,6 +258,7 @@ def expand(spec: GridSpec) -> list[Cell]:
     if problems:
         raise GridError(f"grid {spec.name!r} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
 
+    emb_dtype, icl_dtype = cell_dtype(spec.dtype, spec.gpus_per_actor), cell_dtype(spec.dtype, spec.gpus_per_icl_task)
     cells = []
     for name, opts in entries:
         dopts = json.dumps(opts, sort_keys=True)
@@ -249,16 +269,16 @@ def expand(spec: GridSpec) -> list[Cell]:
                         if m == "icl":
                             if kinds[b] not in ("causal", None) or modality.get(name) != "text":
                                 continue
-                            cells.append(Cell(name, dopts, b, "prompt", m, "-", "-", k, seed, spec.dtype))
+                            cells.append(Cell(name, dopts, b, "prompt", m, "-", "-", k, seed, icl_dtype))
                             continue
                         for p in spec.protocols:
                             if p != "stream" and kinds[b] not in ("causal", None):
                                 continue
                             if m == "tart":
                                 for r in spec.reasoners:
-                                    cells.append(Cell(name, dopts, b, p, m, r, digests[r], k, seed, spec.dtype))
+                                    cells.append(Cell(name, dopts, b, p, m, r, digests[r], k, seed, emb_dtype))
                             else:
-                                cells.append(Cell(name, dopts, b, p, m, "-", "-", k, seed, spec.dtype))
+                                cells.append(Cell(name, dopts, b, p, m, "-", "-", k, seed, emb_dtype))
     return cells
 
 
@@ -395,7 +415,6 @@ def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
     """
     from .backbones import load_causal_lm
     from .datasets import context_sets, load_examples
-    from .embed import _resolve_dtype
     from .icl import ICLScorer
 
     c0 = cells[0]
@@ -405,7 +424,7 @@ def iter_icl_group(cells: list[Cell], batch_size: int, skip=None):
 
     # the GPU a Ray task was given (gpus_per_icl_task > 0), or a local one; else CPU
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok, model = load_causal_lm(c0.backbone, device=device, dtype=_resolve_dtype(c0.dtype, device))
+    tok, model = load_causal_lm(c0.backbone, device=device, dtype=c0.backbone_dtype)
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
     for cell in cells:
         if skip is not None and skip(cell):
@@ -690,7 +709,7 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         opts = json.loads(dopts)
         common = dict(dataset_options=opts, cache_uri=spec.cache_uri or None, executor="ray" if use_ray else "local",
                       actors=spec.embed_actors, batch_size=spec.embed_batch_size, gpus_per_actor=spec.gpus_per_actor,
-                      torch_threads=spec.embed_torch_threads, dtype=spec.dtype, log=log)
+                      torch_threads=spec.embed_torch_threads, dtype=gcells[0].backbone_dtype, log=log)
         if protocol == "stream":
             train = get_embeddings(dataset, "train", backbone, "stream", **common)
             test = get_embeddings(dataset, "test", backbone, "stream", **common)

@@ -24,7 +24,8 @@ SMS40 = {"test_size": 40}
 
 def cfg(tmp, **kw) -> E.EmbedConfig:
     base = dict(dataset="sms_spam", dataset_options=dict(SMS40), splits=["test"], backbone="minilm-l6",
-                cache_uri=str(tmp), executor="local", batch_size=16, cpus_per_actor=0.5, torch_threads=1)
+                cache_uri=str(tmp), executor="local", batch_size=16, cpus_per_actor=0.5, torch_threads=1,
+                dtype="float32")  # compared with float32 in-process references (auto may mean bf16 here)
     base.update(kw)
     return E.EmbedConfig(**base)
 

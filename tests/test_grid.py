@@ -57,7 +57,8 @@ def test_bad_spec_values_are_named(tmp_path, override, needle):
         _spec(tmp_path, **{k: v})
 
 
-def test_cell_ids_are_content_addressed(tmp_path):
+def test_cell_ids_are_content_addressed(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.embed._CPU_BF16", False)  # a CPU without native bf16: auto = float32
     cells = expand(_spec(tmp_path))
     assert len(cells) == 6 and len({c.cell_id for c in cells}) == 6
     c = cells[0]
@@ -66,12 +67,38 @@ def test_cell_ids_are_content_addressed(tmp_path):
     for field, value in (("k", 64), ("seed", 9), ("reasoner_digest", "x" * 16), ("backbone", "other")):
         assert Cell(**{**c.__dict__, field: value}).cell_id != c.cell_id
     assert expand(_spec(tmp_path))[0].cell_id == c.cell_id  # stable across expansions
-    # dtype: "auto" leaves the id as it was before the option existed; an explicit dtype is part of it
+    # dtype: "auto" meaning float32 leaves the id as it was before the option; other dtypes are part of it
     old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("reasoner", "dtype")}
     assert c.dtype == "auto" and c.cell_id == hashlib.sha256(
         json.dumps({**old, "code_version": CODE_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
     bf = expand(_spec(tmp_path, dtype="bfloat16"))[0]
     assert bf.dtype == "bfloat16" and bf.cell_id != c.cell_id
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_dtype_is_resolved_per_device_into_the_cell(tmp_path, monkeypatch, native_bf16):
+    monkeypatch.setattr("pipeline.embed._CPU_BF16", native_bf16)
+    over = dict(methods="[tart,icl]", backbones="[smollm2-135m]", ks="[18]")
+    explicit = {c.method: c for c in expand(_spec(tmp_path, dtype="bfloat16", **over))}
+    for c in expand(_spec(tmp_path, **over)):  # CPU work: bf16 only where the CPU has it natively
+        if native_bf16:  # the same cell as an explicit bfloat16 grid's, so its result is shared
+            assert c.dtype == "bfloat16" and c.cell_id == explicit[c.method].cell_id
+        else:
+            assert c.dtype == "auto" and c.backbone_dtype == "float32"
+    gpu_icl = {c.method: c for c in expand(_spec(tmp_path, gpus_per_icl_task=1, **over))}
+    assert gpu_icl["icl"].dtype == "bfloat16"  # on a GPU auto is bf16 whatever the driver's CPU
+    assert gpu_icl["tart"].dtype == ("bfloat16" if native_bf16 else "auto")  # embedding stays on CPU
+    assert expand(_spec(tmp_path, dtype="float32", **over))[0].backbone_dtype == "float32"  # explicit wins
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
+    import pipeline.embed as E
+
+    monkeypatch.setattr(E, "_CPU_BF16", None)
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    assert E.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert E.resolve_dtype("auto", "cuda:0") == "bfloat16" and E.resolve_dtype("float16", "cpu") == "float16"
 
 
 def test_bfloat16_grid_embeds_in_bf16_and_still_classifies(tmp_path):
