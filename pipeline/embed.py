@@ -14,8 +14,10 @@ Protocols (docs/method.md):
   vanilla: one pass over the k-example prompt gives the k context vectors; each query
   is embedded after the full prompt (the prompt's KV cache is computed once and reused
   for every query). loo: context example i is embedded in a prompt with the other k-1
-  first and i last (k passes); queries as in vanilla. These run in-process (driver),
-  one (k, seed) after another. Rows of a "train" entry are the k context examples in
+  first and i last (k passes); queries as in vanilla. `executor=ray`: one Ray task per
+  seed (its (k) prompts in order; `cpus_per_actor` / `gpus_per_actor` each, the model
+  loaded once per worker process), entries written as each task ends; `local`: the same
+  code in this process. Rows of a "train" entry are the k context examples in
   prompt order; rows of a "test" entry are the queries.
 
 Cache layout under `cache_uri` (any fsspec URI; default $TART_EMBED_CACHE or
@@ -98,7 +100,7 @@ class EmbedConfig:
     ks: list[int] = field(default_factory=lambda: [18, 32])  # vanilla/loo only
     seeds: list[int] = field(default_factory=lambda: [0])  # vanilla/loo only
     cache_uri: str = ""  # "" -> $TART_EMBED_CACHE or ./tart_cache/embeddings
-    executor: str = "ray"  # ray | local | auto (ray if already initialised); stream only
+    executor: str = "ray"  # ray | local | auto (ray if already initialised)
     actors: int = 1
     batch_size: int = 32
     cpus_per_actor: float = 0.5
@@ -167,7 +169,7 @@ FIELD_HELP = {
     "ks": "context sizes for vanilla/loo, e.g. ks=[18,32]",
     "seeds": "context-set seeds for vanilla/loo, e.g. seeds=[0,1,2]",
     "cache_uri": "cache root (any fsspec URI); empty: $TART_EMBED_CACHE or ./tart_cache/embeddings",
-    "executor": "ray (Ray Data actor pool) | local (same embedder in-process) | auto (ray if initialised)",
+    "executor": "ray (stream: Ray Data actor pool; vanilla/loo: one Ray task per seed) | local (in-process) | auto (ray if initialised)",
     "actors": "size of the Ray Data actor pool (each loads the model once)",
     "batch_size": "examples per batch (per forward pass); rows are pre-sorted by length to limit padding",
     "cpus_per_actor": "Ray num_cpus per actor; fractional (0.5) so reads/other work still get scheduled",
@@ -749,6 +751,14 @@ def _table(ex_ids, labels, X, split, k, seed, entry) -> EmbeddingTable:
                           [entry])
 
 
+def _resolve_executor(executor: str) -> str:
+    if executor == "auto":
+        import importlib
+
+        return "ray" if importlib.import_module("ray").is_initialized() else "local"
+    return executor
+
+
 def _embed_stream(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) -> EmbeddingTable:
     splits = list(dict.fromkeys(cfg.splits))
     keys = {s: _key_for(cfg, plan, s) for s in splits}
@@ -758,11 +768,7 @@ def _embed_stream(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) -
     results: dict[str, EmbeddingTable] = {}
     forwards_total = 0
     if todo:
-        executor = cfg.executor
-        if executor == "auto":
-            import importlib
-
-            executor = "ray" if importlib.import_module("ray").is_initialized() else "local"
+        executor = _resolve_executor(cfg.executor)
         log(f"embed: computing {', '.join(todo)} of {cfg.dataset} with {cfg.backbone} ({executor}, "
             f"{sum(len(plan.examples[s]) for s in todo)} examples)")
         t1 = time.time()
@@ -790,48 +796,88 @@ def _embed_stream(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) -
     return out
 
 
+def _context_job(kwargs: dict, protocol: str, jobs: list[tuple]) -> list[tuple]:
+    """Context prompts of one seed on one backbone: [(k, seed, Xc, Xq, forward passes, seconds)].
+
+    A Ray task body (or called in-process): the backbone is loaded once per process.
+    """
+    bb = _local_embedder(kwargs).backbone
+    out = []
+    for k, seed, ctx_texts, words, queries in jobs:
+        before, t = bb.forward_count, time.time()
+        Xc, Xq = context_embeddings(bb, ctx_texts, words, queries, protocol, f" (k={k}, seed={seed})")
+        out.append((k, seed, Xc, Xq, bb.forward_count - before, round(time.time() - t, 3)))
+    return out
+
+
+def _run_context_jobs(cfg: EmbedConfig, executor: str, kwargs: dict, groups: list[list[tuple]]):
+    """Yield _context_job results; on Ray one task per seed (GPU: `gpus_per_actor`), in finish order."""
+    if executor != "ray":
+        for jobs in groups:
+            yield from _context_job(kwargs, cfg.protocol, jobs)
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level="WARNING")
+    task = ray.remote(_context_job).options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                                            max_retries=cfg.max_task_retries)
+    pending = [task.remote(kwargs, cfg.protocol, jobs) for jobs in groups]
+    while pending:  # write each seed's entries as soon as its task ends: a dead driver loses only the rest
+        done, pending = ray.wait(pending, num_returns=1)
+        yield from ray.get(done[0])
+
+
 def _embed_context(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) -> EmbeddingTable:
     from .datasets import context_sets
 
     train, test = plan.examples["train"], plan.examples["test"]
     splits = list(dict.fromkeys(cfg.splits))
     sets = {seed: context_sets(train.labels, cfg.ks, seed) for seed in cfg.seeds}  # DatasetError before work
-    bb = None
-    parts: list[EmbeddingTable] = []
-    forwards_total = 0
+    keys, hashes, found = {}, {}, {}
     for seed in cfg.seeds:
         for k in cfg.ks:
-            keys = {s: _key_for(cfg, plan, s, k, seed) for s in ("train", "test")}
-            hashes = {s: key_hash(keys[s]) for s in keys}
-            found = {s: (None if cfg.overwrite else cache.complete(hashes[s], keys[s])) for s in splits}
-            got: dict[str, EmbeddingTable] = {}
-            if any(found[s] is None for s in splits):
-                if bb is None:
-                    kw = _embedder_kwargs(cfg, plan)
-                    kw["fail_once"] = None
-                    bb = _local_embedder(kw).backbone
-                idx = sets[seed][k]
-                ctx = train.subset(idx)
-                words = [train.label_names[int(y)] for y in ctx.labels]
-                before = bb.forward_count
-                t1 = time.time()
-                Xc, Xq = context_embeddings(bb, ctx.texts, words, test.texts, cfg.protocol, f" (k={k}, seed={seed})")
-                fw = bb.forward_count - before
-                forwards_total += fw
-                extra = {"seconds": round(time.time() - t1, 3), "forward_passes": fw, "executor": "local",
-                         "label_names": list(train.label_names)}
-                for s, ex, X in (("train", ctx, Xc), ("test", test, Xq)):  # both: queries need the context anyway
-                    man = cache.write(hashes[s], keys[s], ex.ids, ex.labels, X, cfg.rows_per_file, extra)
-                    got[s] = _table(ex.ids, ex.labels, X, s, k, seed,
-                                    {"split": s, "k": k, "seed": seed, "key_hash": hashes[s],
-                                     "uri": cache.uri_of(hashes[s]), "computed": True, "rows": man["rows"]})
+            keys[seed, k] = {s: _key_for(cfg, plan, s, k, seed) for s in ("train", "test")}
+            hashes[seed, k] = {s: key_hash(keys[seed, k][s]) for s in ("train", "test")}
+            found[seed, k] = {s: (None if cfg.overwrite else cache.complete(hashes[seed, k][s], keys[seed, k][s]))
+                              for s in splits}
+    todo = [(seed, k) for seed in cfg.seeds for k in cfg.ks if any(v is None for v in found[seed, k].values())]
+    got: dict[tuple, dict[str, EmbeddingTable]] = {}
+    forwards_total = 0
+    if todo:
+        by_seed: dict[int, list[tuple]] = {}
+        for seed, k in todo:
+            ctx = train.subset(sets[seed][k])
+            by_seed.setdefault(seed, []).append((k, seed, list(ctx.texts), [train.label_names[int(y)] for y in ctx.labels],
+                                                 list(test.texts)))
+        executor = _resolve_executor(cfg.executor)
+        log(f"embed: computing {cfg.protocol} prompts of {cfg.dataset} with {cfg.backbone} for {len(todo)} (k, seed) "
+            f"({executor}, {len(by_seed)} task(s))")
+        kw = _embedder_kwargs(cfg, plan)
+        kw["fail_once"] = None
+        for k, seed, Xc, Xq, fw, secs in _run_context_jobs(cfg, executor, kw, list(by_seed.values())):
+            forwards_total += fw
+            ctx = train.subset(sets[seed][k])
+            extra = {"seconds": secs, "forward_passes": fw, "executor": executor, "label_names": list(train.label_names)}
+            got[seed, k] = {}
+            for s, ex, X in (("train", ctx, Xc), ("test", test, Xq)):  # both: queries need the context anyway
+                h = hashes[seed, k][s]
+                man = cache.write(h, keys[seed, k][s], ex.ids, ex.labels, X, cfg.rows_per_file, extra)
+                got[seed, k][s] = _table(ex.ids, ex.labels, X, s, k, seed,
+                                         {"split": s, "k": k, "seed": seed, "key_hash": h, "uri": cache.uri_of(h),
+                                          "computed": True, "rows": man["rows"]})
+    parts: list[EmbeddingTable] = []
+    for seed in cfg.seeds:
+        for k in cfg.ks:
             for s in splits:
-                if s not in got:
-                    ids, labels, X = cache.read(hashes[s], found[s])
-                    got[s] = _table(ids, labels, X, s, k, seed,
-                                    {"split": s, "k": k, "seed": seed, "key_hash": hashes[s],
-                                     "uri": cache.uri_of(hashes[s]), "computed": False, "rows": len(ids)})
-                parts.append(got[s])
+                if (seed, k) in got:
+                    parts.append(got[seed, k][s])
+                    continue
+                h = hashes[seed, k][s]
+                ids, labels, X = cache.read(h, found[seed, k][s])
+                parts.append(_table(ids, labels, X, s, k, seed, {"split": s, "k": k, "seed": seed, "key_hash": h,
+                                                                 "uri": cache.uri_of(h), "computed": False,
+                                                                 "rows": len(ids)}))
     out = EmbeddingTable.concat(parts)
     out.forward_passes = forwards_total
     return out
@@ -846,14 +892,17 @@ def get_embeddings(dataset: str, split: str, backbone: str, protocol: str = "str
 
     stream: `split` in train | test | all. vanilla/loo: `k` and `seed` required; split
     "train" gives the k context examples in prompt order, "test" the queries. Extra
-    keyword arguments are EmbedConfig fields (actors, batch_size, limit, ...).
+    keyword arguments are EmbedConfig fields (actors, batch_size, limit, ...; `splits`, `ks`,
+    `seeds` widen what is computed, e.g. every (k, seed) of a grid at once).
     """
     if protocol in CONTEXT_PROTOCOLS and (k is None or seed is None):
         raise EmbedError(f"protocol={protocol}: pass k= and seed=")
-    cfg = EmbedConfig(dataset=dataset, dataset_options=dict(dataset_options or {}), splits=[split], backbone=backbone,
-                      layer=layer, pooling=pooling, protocol=protocol, ks=[k] if k is not None else [18],
-                      seeds=[seed] if seed is not None else [0], cache_uri=cache_uri or "", executor=executor,
-                      dtype=dtype, **config)
+    config.setdefault("splits", [split])
+    config.setdefault("ks", [k] if k is not None else [18])
+    config.setdefault("seeds", [seed] if seed is not None else [0])
+    cfg = EmbedConfig(dataset=dataset, dataset_options=dict(dataset_options or {}), backbone=backbone, layer=layer,
+                      pooling=pooling, protocol=protocol, cache_uri=cache_uri or "", executor=executor, dtype=dtype,
+                      **config)
     return embed(cfg, log=log)
 
 

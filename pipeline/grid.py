@@ -721,7 +721,12 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                 episodes[c] = (train.X[ctx], train.labels[ctx])
             Xq, yq, ids = test.X, test.labels, test.ids
             per_cell = {c: (*episodes[c], Xq, yq, ids) for c in gcells}
-        else:  # vanilla / loo: context-dependent, per (k, seed)
+        else:  # vanilla / loo: context-dependent, per (k, seed); all of them computed at once (one Ray task
+            # per seed, in parallel), then read per cell from the cache
+            every = get_embeddings(dataset, "train", backbone, protocol, k=gcells[0].k, seed=gcells[0].seed,
+                                   **{**common, "splits": ["train", "test"], "ks": sorted({c.k for c in gcells}),
+                                      "seeds": sorted({c.seed for c in gcells})})
+            forward_passes += every.forward_passes
             per_cell = {}
             for c in gcells:
                 tr = get_embeddings(dataset, "train", backbone, protocol, k=c.k, seed=c.seed, **common)

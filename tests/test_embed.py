@@ -263,3 +263,27 @@ def test_vanilla_and_loo_embeddings(smol, tmp_path):
     t2 = E.embed(c, log=quiet)
     assert t2.computed == 0 and t2.forward_passes == 0
     np.testing.assert_array_equal(t2.X, t.X)
+
+
+@pytest.mark.timeout(600)
+def test_context_protocol_on_ray_runs_a_task_per_seed_and_equals_in_process(ray_local, tmp_path):
+    # vanilla/loo are per (k, seed): on Ray each seed's prompts are one task (a GPU each with
+    # gpus_per_actor), run in parallel; the vectors must be the ones the driver would compute.
+    over = dict(backbone="smollm2-135m", protocol="vanilla", splits=["train", "test"], ks=[4, 6], seeds=[0, 1],
+                dataset_options={"test_size": 4})
+    local = E.embed(cfg(tmp_path / "local", **over), log=quiet)
+    logs: list[str] = []
+    remote = E.embed(cfg(tmp_path / "ray", executor="ray", **over), log=logs.append)
+    assert any("for 4 (k, seed) (ray, 2 task(s))" in m for m in logs), logs
+    assert remote.computed == local.computed == 8
+    assert remote.forward_passes == local.forward_passes == 4 * (1 + 4)  # per (k, seed): the prompt + 4 queries
+    for seed in (0, 1):
+        for k in (4, 6):
+            for split in ("train", "test"):
+                r, lo = remote.select(split=split, k=k, seed=seed), local.select(split=split, k=k, seed=seed)
+                assert r.ids == lo.ids
+                np.testing.assert_allclose(r.X, lo.X, atol=1e-5)
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "ray").rglob(E.MANIFEST)]
+    assert len(manifests) == 8 and {m["executor"] for m in manifests} == {"ray"}
+    again = E.embed(cfg(tmp_path / "ray", executor="ray", **over), log=quiet)
+    assert again.computed == 0 and again.forward_passes == 0

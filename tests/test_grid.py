@@ -137,6 +137,22 @@ def test_metrics_are_correct():
     assert perfect["ece"] == pytest.approx(0.0) and perfect["brier"] == 0.0
 
 
+def test_vanilla_protocol_grid_on_ray_embeds_every_k_seed_once(tmp_path, ray_local):
+    # context-dependent embeddings: every (k, seed) of the group is computed up front (a Ray task
+    # per seed), then each cell reads its own from the cache
+    spec = _spec(tmp_path, executor="ray", backbones="[smollm2-135m]", protocols="[vanilla]", methods="[lr_probe]",
+                 ks="[18]", seeds="[0,1]", test_size=10)
+    s = run_grid(spec)
+    assert s["cells_run"] == 2 and s["cells_failed"] == 0
+    assert s["forward_passes"] == 2 * (1 + 10)  # per seed: the k=18 prompt once, then each query on its cache
+    df = read_results(spec)
+    assert set(df["protocol"]) == {"vanilla"} and set(df["seed"]) == {0, 1}
+    assert df["accuracy"].mean() >= 0.7, df[["seed", "accuracy"]]  # SmolLM2 in-context vectors separate spam
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "emb").rglob("_manifest.json")]
+    assert len(manifests) == 4 and {m["executor"] for m in manifests} == {"ray"}  # (train, test) x 2 seeds
+    assert run_grid(spec)["forward_passes"] == 0
+
+
 def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     spec = _spec(tmp_path, executor="ray", embed_torch_threads=2)  # the actor's threads, as default.yaml sets them
     s1 = run_grid(spec)
