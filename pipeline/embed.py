@@ -13,7 +13,7 @@ Protocols (docs/method.md):
   example's vector pools its own token span (from tokenizer offsets, `prompts.py`).
   vanilla: one pass over the k-example prompt gives the k context vectors; each query
   is embedded after the full prompt (the prompt's KV cache is computed once and reused
-  for every query). loo: context example i is embedded in a prompt with the other k-1
+  by every query, 8 queries per pass). loo: context example i is embedded in a prompt with the other k-1
   first and i last (k passes); queries as in vanilla. `executor=ray`: one Ray task per
   seed (its (k) prompts in order; `cpus_per_actor` / `gpus_per_actor` each, the model
   loaded once per worker process), entries written as each task ends; `local`: the same
@@ -653,6 +653,33 @@ def _cache_arg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _hidden_batch(bb: Any, suffixes: list[list[int]], past: Any, past_len: int) -> Any:
+    """(B, L, dim) float hidden states of right-padded `suffixes`, each continuing the batch-1 KV
+    cache `past` (`past_len` tokens), in one forward pass. Padding sits after every real token,
+    so under the causal mask no real position sees it; positions continue after the prompt."""
+    import torch
+
+    n, width = len(suffixes), max(len(x) for x in suffixes)
+    pad = bb.tokenizer.pad_token_id if bb.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, past_len + width), dtype=torch.long)
+    mask[:, :past_len] = 1
+    for r, x in enumerate(suffixes):
+        ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[r, past_len : past_len + len(x)] = 1
+    pos = (torch.arange(width) + past_len).unsqueeze(0).expand(n, -1)
+    with torch.inference_mode():
+        cache = copy.deepcopy(past)  # the forward appends to it; the prompt's own cache stays intact
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        out = bb.model(input_ids=ids.to(bb.device), attention_mask=mask.to(bb.device), position_ids=pos.to(bb.device),
+                       use_cache=True, output_hidden_states=bb.layer != -1, return_dict=True,
+                       **{_cache_arg(bb.model): cache})
+    bb.forward_count += 1
+    h = out.last_hidden_state if bb.layer == -1 else out.hidden_states[bb.layer]
+    return h.float()
+
+
 def _pool(bb: Any, h: Any, span: tuple[int, int]) -> np.ndarray:
     s, e = span
     v = h[s:e].mean(0) if bb.pooling == "mean" else h[e - 1]
@@ -660,12 +687,15 @@ def _pool(bb: Any, h: Any, span: tuple[int, int]) -> np.ndarray:
 
 
 def context_embeddings(bb: Any, ctx_texts: Sequence[str], ctx_words: Sequence[str], query_texts: Sequence[str],
-                       protocol: str, what: str = "", use_kv_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                       protocol: str, what: str = "", use_kv_cache: bool = True,
+                       query_batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(context vectors (k, dim), query vectors (n, dim)) under `protocol` (vanilla | loo).
 
     Every prompt is tokenised (and length-checked) before the first forward pass, so an
     over-long prompt fails fast. Queries reuse the context prompt's KV cache when the
-    full prompt's tokens start with the context prompt's tokens (checked per query).
+    full prompt's tokens start with the context prompt's tokens (checked per query), in
+    batches of `query_batch` on a copy of that cache (one pass per batch, not per query;
+    the copy holds `query_batch` x the prompt's keys and values, hence a small default).
     """
     from .prompts import build_prompt, tokenize_prompt
 
@@ -694,18 +724,18 @@ def context_embeddings(bb: Any, ctx_texts: Sequence[str], ctx_words: Sequence[st
             hi, _ = _hidden(bb, tp.input_ids)
             Xc[i] = _pool(bb, hi, tp.spans[-1])
     n_ctx = len(ctx.input_ids)
-    for j, tq in enumerate(queries):
-        s, e = tq.spans[-1]
-        if use_kv_cache and tq.input_ids[:n_ctx] == ctx.input_ids and s >= n_ctx:
-            import torch
-
-            with torch.inference_mode():
-                past = copy.deepcopy(cache)
-            hq, _ = _hidden(bb, tq.input_ids[n_ctx:], past)
-            Xq[j] = _pool(bb, hq, (s - n_ctx, e - n_ctx))
-        else:
-            hq, _ = _hidden(bb, tq.input_ids)
-            Xq[j] = _pool(bb, hq, (s, e))
+    on_cache = [j for j, tq in enumerate(queries)
+                if use_kv_cache and tq.input_ids[:n_ctx] == ctx.input_ids and tq.spans[-1][0] >= n_ctx]
+    on_cache.sort(key=lambda j: len(queries[j].input_ids))  # similar lengths together: less padding
+    for b in range(0, len(on_cache), query_batch):
+        rows = on_cache[b:b + query_batch]
+        h = _hidden_batch(bb, [queries[j].input_ids[n_ctx:] for j in rows], cache, n_ctx)
+        for r, j in enumerate(rows):
+            s, e = queries[j].spans[-1]
+            Xq[j] = _pool(bb, h[r], (s - n_ctx, e - n_ctx))
+    for j in sorted(set(range(len(queries))) - set(on_cache)):  # the naive path: the whole prompt
+        hq, _ = _hidden(bb, queries[j].input_ids)
+        Xq[j] = _pool(bb, hq, queries[j].spans[-1])
     return Xc, Xq
 
 

@@ -248,6 +248,12 @@ def test_vanilla_and_loo_embeddings(smol, tmp_path):
     np.testing.assert_allclose(Xq[0], h[s:e].mean(0).numpy(), atol=1e-3)  # KV-cache path vs one pass
     _, Xq_nocache = E.context_embeddings(smol, ctx, words, queries, "vanilla", use_kv_cache=False)
     np.testing.assert_allclose(Xq, Xq_nocache, atol=1e-3)
+    # batched queries (right-padded, one pass) = one query per pass
+    many = queries + ["a much longer query that pads the others in its batch, with words", "ok"]
+    _, Xb = E.context_embeddings(smol, ctx, words, many, "vanilla")
+    _, X1 = E.context_embeddings(smol, ctx, words, many, "vanilla", query_batch=1)
+    np.testing.assert_allclose(Xb, X1, atol=1e-4)
+    np.testing.assert_allclose(Xb[:2], Xq, atol=1e-4)
 
     Lc, Lq = E.context_embeddings(smol, ctx, words, queries, "loo")
     np.testing.assert_allclose(Lq, Xq, atol=1e-5)  # queries: same as vanilla
@@ -258,7 +264,7 @@ def test_vanilla_and_loo_embeddings(smol, tmp_path):
     c = cfg(tmp_path, backbone="smollm2-135m", protocol="loo", splits=["train", "test"], ks=[4], seeds=[0],
             dataset_options={"test_size": 6})
     t = E.embed(c, log=quiet)
-    assert t.computed == 2 and t.forward_passes == 1 + 4 + 6
+    assert t.computed == 2 and t.forward_passes == 1 + 4 + 1  # prompt, 4 loo prompts, the 6 queries in one batch
     assert len(t.select(split="train")) == 4 and len(t.select(split="test", k=4, seed=0)) == 6
     t2 = E.embed(c, log=quiet)
     assert t2.computed == 0 and t2.forward_passes == 0
@@ -276,7 +282,7 @@ def test_context_protocol_on_ray_runs_a_task_per_seed_and_equals_in_process(ray_
     remote = E.embed(cfg(tmp_path / "ray", executor="ray", **over), log=logs.append)
     assert any("for 4 (k, seed) (ray, 2 task(s))" in m for m in logs), logs
     assert remote.computed == local.computed == 8
-    assert remote.forward_passes == local.forward_passes == 4 * (1 + 4)  # per (k, seed): the prompt + 4 queries
+    assert remote.forward_passes == local.forward_passes == 4 * (1 + 1)  # per (k, seed): the prompt + 1 query batch
     for seed in (0, 1):
         for k in (4, 6):
             for split in ("train", "test"):
