@@ -659,15 +659,10 @@ def _hidden_batch(bb: Any, suffixes: list[list[int]], past: Any, past_len: int) 
     so under the causal mask no real position sees it; positions continue after the prompt."""
     import torch
 
-    n, width = len(suffixes), max(len(x) for x in suffixes)
-    pad = bb.tokenizer.pad_token_id if bb.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, past_len + width), dtype=torch.long)
-    mask[:, :past_len] = 1
-    for r, x in enumerate(suffixes):
-        ids[r, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[r, past_len : past_len + len(x)] = 1
-    pos = (torch.arange(width) + past_len).unsqueeze(0).expand(n, -1)
+    from .prompts import continuation_batch
+
+    n = len(suffixes)
+    ids, mask, pos = continuation_batch(suffixes, past_len, bb.tokenizer.pad_token_id)
     with torch.inference_mode():
         cache = copy.deepcopy(past)  # the forward appends to it; the prompt's own cache stays intact
         if n > 1:

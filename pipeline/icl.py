@@ -188,19 +188,14 @@ class ICLScorer:
         """
         import torch
 
+        from .prompts import continuation_batch
+
         dev = self._device
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), past_len + width), dtype=torch.long)
-        mask[:, :past_len] = 1
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, past_len : past_len + len(s)] = 1
+        ids, mask, positions = continuation_batch(seqs, past_len, self.tokenizer.pad_token_id)
         kw: dict = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=past is not None)
         if past is not None:
             kw[self._cache_kw] = past
-            kw["position_ids"] = (torch.arange(width) + past_len).unsqueeze(0).expand(len(seqs), -1).to(dev)
+            kw["position_ids"] = positions.to(dev)
         head = self.model.get_output_embeddings() if self._head_only else None
         with torch.inference_mode():
             if head is not None:

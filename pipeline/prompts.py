@@ -106,3 +106,21 @@ def tokenize_prompt(tokenizer: Any, layout: PromptLayout, max_length: int | None
         if e0 > s1:
             raise PromptError(f"{what}: token spans of neighbouring examples overlap ({spans})")
     return TokenizedPrompt(ids, tuple(spans), layout)
+
+
+def continuation_batch(seqs: Sequence[Sequence[int]], past_len: int, pad_id: int | None) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, position_ids) tensors for token suffixes that all continue one
+    cached prefix of `past_len` tokens: right-padded (padding after every real token, so under a
+    causal mask no real position attends to it), the mask covering prefix + real tokens, positions
+    continuing after the prefix. Used by the icl scorer and the vanilla/loo query embeddings."""
+    import torch
+
+    n, width = len(seqs), max(len(x) for x in seqs)
+    ids = torch.full((n, width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros((n, past_len + width), dtype=torch.long)
+    mask[:, :past_len] = 1
+    for r, x in enumerate(seqs):
+        ids[r, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[r, past_len : past_len + len(x)] = 1
+    positions = (torch.arange(width) + past_len).unsqueeze(0).expand(n, -1)
+    return ids, mask, positions
