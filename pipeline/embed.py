@@ -618,10 +618,7 @@ def build_dataset(cfg: EmbedConfig, plan: _Plan, ex: Any):
 
 
 def stream_ray(cfg: EmbedConfig, plan: _Plan, todo: list[Any], log: Callable) -> list[tuple[np.ndarray, int]]:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    init_ray(None, None)
     out = []
     for ex in todo:
         ds = build_dataset(cfg, plan, ex)
@@ -843,8 +840,7 @@ def _run_context_jobs(cfg: EmbedConfig, executor: str, kwargs: dict, groups: lis
         return
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="WARNING")
+    init_ray(None, None)
     task = ray.remote(_context_job).options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
                                             max_retries=cfg.max_task_retries)
     pending = [task.remote(kwargs, cfg.protocol, jobs) for jobs in groups]
@@ -870,9 +866,9 @@ def _embed_context(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) 
     got: dict[tuple, dict[str, EmbeddingTable]] = {}
     forwards_total = 0
     if todo:
+        ctxs = {(seed, k): train.subset(sets[seed][k]) for seed, k in todo}
         by_seed: dict[int, list[tuple]] = {}
-        for seed, k in todo:
-            ctx = train.subset(sets[seed][k])
+        for (seed, k), ctx in ctxs.items():
             by_seed.setdefault(seed, []).append((k, seed, list(ctx.texts), [train.label_names[int(y)] for y in ctx.labels],
                                                  list(test.texts)))
         executor = _resolve_executor(cfg.executor)
@@ -882,7 +878,7 @@ def _embed_context(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) 
         kw["fail_once"] = None
         for k, seed, Xc, Xq, fw, secs in _run_context_jobs(cfg, executor, kw, list(by_seed.values())):
             forwards_total += fw
-            ctx = train.subset(sets[seed][k])
+            ctx = ctxs[seed, k]
             extra = {"seconds": secs, "forward_passes": fw, "executor": executor, "label_names": list(train.label_names)}
             got[seed, k] = {}
             for s, ex, X in (("train", ctx, Xc), ("test", test, Xq)):  # both: queries need the context anyway

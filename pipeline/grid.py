@@ -153,7 +153,6 @@ def cell_dtype(dtype: str, gpus: float) -> str:
 
 
 
-
 def _dataset_entries(spec: GridSpec) -> list[tuple[str, dict]]:
     out = []
     for d in spec.datasets:
@@ -721,17 +720,15 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                 episodes[c] = (train.X[ctx], train.labels[ctx])
             Xq, yq, ids = test.X, test.labels, test.ids
             per_cell = {c: (*episodes[c], Xq, yq, ids) for c in gcells}
-        else:  # vanilla / loo: context-dependent, per (k, seed); all of them computed at once (one Ray task
-            # per seed, in parallel), then read per cell from the cache
+        else:  # vanilla / loo: context-dependent, per (k, seed); all of them computed (or read from the
+            # cache) in one call, one Ray task per seed in parallel, then picked per cell
             every = get_embeddings(dataset, "train", backbone, protocol, k=gcells[0].k, seed=gcells[0].seed,
                                    **{**common, "splits": ["train", "test"], "ks": sorted({c.k for c in gcells}),
                                       "seeds": sorted({c.seed for c in gcells})})
             forward_passes += every.forward_passes
             per_cell = {}
             for c in gcells:
-                tr = get_embeddings(dataset, "train", backbone, protocol, k=c.k, seed=c.seed, **common)
-                te = get_embeddings(dataset, "test", backbone, protocol, k=c.k, seed=c.seed, **common)
-                forward_passes += tr.forward_passes + te.forward_passes
+                tr, te = every.select("train", c.k, c.seed), every.select("test", c.k, c.seed)
                 per_cell[c] = (tr.X, tr.labels, te.X, te.labels, te.ids)
             timings["embed_s"] += time.time() - t
         for c, (Xc, yc, Xq, yq, ids) in per_cell.items():
