@@ -262,7 +262,32 @@ def _all_reduce_mean(value: float, device: torch.device) -> float:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as plain ints, lists and one CPU byte tensor: loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(rng: dict) -> None:
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(rng["torch"].cpu())  # the CPU generator takes a CPU ByteTensor only
+
+
+def load_train_state(path: Path) -> dict:
+    """A checkpoint's train_state.pt, unpickled with weights_only=True (tensors and plain containers
+    only: a tampered file cannot run code). Loaded to CPU: the model and optimizer load_state_dict
+    calls move tensors to the parameters' device."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{path}: not a train state this version can load safely (weights_only=True: {e}); "
+                          "checkpoints from before 2026-11-26 pickled a numpy RNG state: resume them with that "
+                          "version or start a new name=") from None
 
 
 def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] = None) -> dict:
@@ -272,13 +297,11 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
     start_step = 0
     history: list[dict] = []  # every reported metrics dict, carried inside each checkpoint
     if ctx.restore_dir:
-        state = torch.load(Path(ctx.restore_dir) / "train_state.pt", map_location=ctx.device, weights_only=False)
+        state = load_train_state(Path(ctx.restore_dir) / "train_state.pt")
         model.load_state_dict(state["model"], strict=True)
         opt.load_state_dict(state["optimizer"])
         start_step = state["step"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        _set_rng_state(state["rng"])
         hist_file = Path(ctx.restore_dir) / HISTORY_FILE
         if hist_file.is_file():
             history = [r for r in map(json.loads, hist_file.read_text().splitlines()) if r.get("step", 0) <= start_step]

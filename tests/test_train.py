@@ -281,3 +281,29 @@ def test_shipped_recipe_config_matches_the_shipped_reasoner():
     assert tiny.accumulation == 2 and tiny.data != "online" and not tiny.gpu
     for f in ("default.yaml", "tiny-cpu.yaml"):
         assert (REPO / "configs/train" / f).read_text().startswith("# tart ")
+
+
+def test_train_state_loads_with_weights_only_and_restores_every_rng(env, tmp_path):
+    """A checkpoint's train_state.pt holds no pickled numpy objects: it loads with
+    weights_only=True (no code can run from a tampered file), and the RNG states it holds
+    put python, numpy and torch back where they were. A file that needs a full unpickler
+    is refused with an error naming it."""
+    import random
+
+    from pipeline.train import _rng_state, _set_rng_state, load_train_state
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    saved = _rng_state()
+    expect = (random.random(), np.random.rand(), torch.rand(1).item())
+    torch.save({"step": 7, "rng": saved}, tmp_path / "train_state.pt")
+    random.random(), np.random.rand(), torch.rand(1)  # move every generator on
+    state = load_train_state(tmp_path / "train_state.pt")
+    _set_rng_state(state["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
+    assert state["step"] == 7
+
+    with open(tmp_path / "old.pt", "wb") as f:  # an old-format state: a pickled numpy array
+        torch.save({"rng": {"numpy": np.random.get_state()}}, f)
+    with pytest.raises(ConfigError, match="old.pt"):
+        load_train_state(tmp_path / "old.pt")
+
