@@ -8,8 +8,14 @@ queries, once per (dtype, batch size), and prints each against the first configu
 accuracy of each on the n queries, the share of predictions that agree with the
 baseline and the largest probability difference.
 
+`--paths` adds the scorer's forward paths as a third axis: `model` = the whole causal LM with
+`logits_to_keep=1` and transformers' `repeat_kv` copies for grouped-query heads (the code
+until 2026-11-26); `stack` = the decoder stack alone, LM head on the scored positions only;
+`stack+gqa` = that, plus SDPA's native grouped-query attention on CPU (the default now).
+
 Usage (2-core box; 1 torch thread is what an icl Ray task gets):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_icl.py --dataset tweet_sentiment --k 32 --n 48
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_icl.py --dtypes bfloat16 --paths model,stack,stack+gqa
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=48, help="test queries (balanced test subsample, as the grid draws it)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch-sizes", default="8", help="comma list; the grid default is 8")
+    ap.add_argument("--paths", default="stack+gqa", help="comma list of model, stack, stack+gqa (see above)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
@@ -58,13 +65,18 @@ def main() -> int:
     runs, base = [], None
     for dtype in a.dtypes.split(","):
         tok, model = load_causal_lm(a.backbone, device=a.device, dtype=dtype)
-        for bs in (int(b) for b in a.batch_sizes.split(",")):
+        for bs, path in ((int(b), w) for b in a.batch_sizes.split(",") for w in a.paths.split(",")):
+            if path not in ("model", "stack", "stack+gqa"):
+                ap.error(f"--paths: unknown path {path!r}")
             scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=bs)
+            if path == "model":
+                scorer._base = None
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if path == "stack+gqa" else "0"
             scorer.predict_proba(ctx_texts[:2], ctx_labels[:2], test.texts[:bs])  # warm-up (small prompt)
             t = time.perf_counter()
             p = scorer.predict_proba(ctx_texts, ctx_labels, test.texts)
             secs = time.perf_counter() - t
-            run = {"dtype": dtype, "batch_size": bs, "seconds": round(secs, 1),
+            run = {"dtype": dtype, "batch_size": bs, "path": path, "seconds": round(secs, 1),
                    "s_per_query": round(secs / len(y), 3), "accuracy": float(((p >= 0.5) == y).mean())}
             if base is None:
                 base = (secs, p)
@@ -78,8 +90,8 @@ def main() -> int:
            "threads": a.threads, "device": a.device, "runs": runs}
     first = runs[0]
     for r in runs[1:]:
-        print(f"{r['dtype']} bs={r['batch_size']}: {r['speedup_vs_first']:.2f}x vs {first['dtype']} "
-              f"bs={first['batch_size']} ({r['seconds']} s vs {first['seconds']} s for {len(y)} queries); "
+        print(f"{r['dtype']} bs={r['batch_size']} {r['path']}: {r['speedup_vs_first']:.2f}x vs {first['dtype']} "
+              f"bs={first['batch_size']} {first['path']} ({r['seconds']} s vs {first['seconds']} s for {len(y)} queries); "
               f"accuracy {r['accuracy']:.3f} vs {first['accuracy']:.3f}, {r['agree_with_first']:.1%} same predictions")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

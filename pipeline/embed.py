@@ -617,12 +617,42 @@ def build_dataset(cfg: EmbedConfig, plan: _Plan, ex: Any):
     )
 
 
+@dataclass
+class _Joined:
+    """Several splits as one input for a single Ray Data pipeline: ids tagged with their split's
+    position (ids may repeat across splits), texts or images concatenated."""
+
+    ids: list[str]
+    texts: Optional[list[str]]
+    images: Any
+    sizes: list[int]
+
+    SEP = "\x1f"
+
+    @classmethod
+    def of(cls, parts: list[Any]) -> "_Joined":
+        ids = [f"{n}{cls.SEP}{i}" for n, ex in enumerate(parts) for i in ex.ids]
+        if all(ex.texts is not None for ex in parts):
+            return cls(ids, [t for ex in parts for t in ex.texts], None, [len(ex.ids) for ex in parts])
+        return cls(ids, None, np.concatenate([np.asarray(ex.images) for ex in parts]), [len(ex.ids) for ex in parts])
+
+
 def stream_ray(cfg: EmbedConfig, plan: _Plan, todo: list[Any], log: Callable) -> list[tuple[np.ndarray, int]]:
+    """Every split in `todo` through ONE Ray Data pipeline: one actor pool, so one actor start and
+    model load (tens of seconds each on a small CPU box) for all of them. Forward passes are
+    counted for the pipeline and attributed to the splits by their share of the rows."""
     init_ray(None, None)
-    out = []
-    for ex in todo:
-        ds = build_dataset(cfg, plan, ex)
-        out.append(_collect(ds.iter_batches(batch_size=None, batch_format="numpy"), ex))
+    if len(todo) == 1:
+        ds = build_dataset(cfg, plan, todo[0])
+        return [_collect(ds.iter_batches(batch_size=None, batch_format="numpy"), todo[0])]
+    joined = _Joined.of(todo)
+    X, forwards = _collect(build_dataset(cfg, plan, joined).iter_batches(batch_size=None, batch_format="numpy"),
+                           joined)
+    out, start, given = [], 0, 0
+    for n, size in enumerate(joined.sizes):
+        fw = forwards - given if n == len(joined.sizes) - 1 else round(forwards * size / max(1, len(joined.ids)))
+        out.append((X[start:start + size], fw))
+        start, given = start + size, given + fw
     return out
 
 

@@ -79,6 +79,9 @@ class GridSpec:
     embed_torch_threads: Optional[int] = None
     gpus_per_actor: float = 0.0  # per embedding actor
     gpus_per_icl_task: float = 0.0  # per ICL task (one seed of one dataset x causal backbone); > 0: the LM runs on it
+    # CPUs per ICL task (its torch threads: Ray sets one per whole CPU). ICL is compute-bound: on a
+    # CPU box, tasks sharing a core (0.5 CPU each) only slow each other down.
+    cpus_per_icl_task: float = 1.0
     icl_batch_size: int = 8
     # weights/activations of the backbones (embedding and icl): auto = bfloat16 on GPU and on CPUs with
     # native bf16 (AVX512-BF16/AMX: 1.8-2.8x faster there, accuracy within 0.003; BENCHMARKS.md), else
@@ -97,6 +100,9 @@ class GridSpec:
 
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        if self.cpus_per_cell <= 0 or self.cpus_per_icl_task <= 0:
+            raise ConfigError(f"cpus_per_cell={self.cpus_per_cell}, cpus_per_icl_task={self.cpus_per_icl_task}: "
+                              "expected > 0 (Ray schedules a task by the CPUs it asks for)")
         if self.gpus_per_actor < 0 or self.gpus_per_icl_task < 0:
             raise ConfigError("gpus_per_actor and gpus_per_icl_task must be >= 0")
         if self.embed_torch_threads is not None and self.embed_torch_threads < 1:
@@ -710,9 +716,10 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
                       actors=spec.embed_actors, batch_size=spec.embed_batch_size, gpus_per_actor=spec.gpus_per_actor,
                       torch_threads=spec.embed_torch_threads, dtype=gcells[0].backbone_dtype, log=log)
         if protocol == "stream":
-            train = get_embeddings(dataset, "train", backbone, "stream", **common)
-            test = get_embeddings(dataset, "test", backbone, "stream", **common)
-            forward_passes += train.forward_passes + test.forward_passes
+            # both splits in one call: on Ray, one actor pool (one model load) for the two
+            both = get_embeddings(dataset, "train", backbone, "stream", **{**common, "splits": ["train", "test"]})
+            train, test = both.select("train"), both.select("test")
+            forward_passes += both.forward_passes
             timings["embed_s"] += time.time() - t
             episodes = {}
             for c in gcells:
@@ -765,7 +772,7 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
         if use_ray:  # one task per seed: a lost task costs one seed's cells, not the group's
             for seed in sorted({c.seed for c in gcells}):
                 part = [c for c in gcells if c.seed == seed]
-                icl_pending.append((part, _remote_icl(spec.cpus_per_cell, spec.gpus_per_icl_task)
+                icl_pending.append((part, _remote_icl(spec.cpus_per_icl_task, spec.gpus_per_icl_task)
                                     .remote(part, spec.icl_batch_size)))
         else:  # each cell lands in the table as soon as it is scored
             t = time.time()

@@ -80,6 +80,30 @@ def test_ray_actor_pool_matches_in_process_survives_a_crash_and_is_cached(ray_lo
     assert again.ids == t.ids
 
 
+@pytest.mark.timeout(420)
+def test_two_splits_share_one_actor_pool_and_equal_in_process(ray_local, tmp_path, minilm):
+    """train and test asked for together run through ONE Ray Data pipeline (one actor start and
+    model load for both), and each split's cache entry holds exactly its own rows and vectors."""
+    import ray
+
+    def embed_actors() -> int:  # every actor ever started in this cluster, dead ones included (from the GCS)
+        return sum(1 for a in ray._private.state.actors().values() if "BackboneEmbedder" in a["ActorClassName"])
+
+    opts = {"train_size": 24, "test_size": 20}
+    before = embed_actors()
+    t = E.embed(cfg(tmp_path / "cache", executor="ray", actors=1, splits=["train", "test"], dataset_options=opts),
+                log=quiet)
+    assert embed_actors() - before == 1
+    assert t.computed == 2 and [e["split"] for e in t.entries] == ["train", "test"]
+    for split in ("train", "test"):
+        ex = load_examples("sms_spam", split, **opts)
+        part = t.select(split)
+        assert part.ids == ex.ids
+        np.testing.assert_allclose(part.X, minilm.embed_texts(ex.texts, batch_size=16), atol=2e-5, rtol=1e-4)
+        man = json.loads((Path(part.entries[0]["uri"]) / E.MANIFEST).read_text())
+        assert man["rows"] == len(ex.ids)
+
+
 # ----------------------------------------------------------------------------- cache semantics (in-process)
 
 

@@ -64,15 +64,16 @@ def test_kv_cache_scores_equal_full_prompt_scores(lm, sms):
 
 
 def test_lm_head_on_scored_positions_only_equals_full_logits(lm, sms):
-    """The fast path (LM head applied to the scored positions) scores exactly as full logits do."""
+    """The fast path (the decoder stack alone, the LM head applied to the scored positions only)
+    scores exactly as the full model's logits do."""
     tok, model = lm
     pool, test, idx = sms
     ct, cy = [pool.texts[i] for i in idx[4]], pool.labels[idx[4]]
     for words in (pool.label_names, ("not spam", "spam")):
         sc = ICLScorer(tok, model, label_words=words, batch_size=3)
-        assert sc._head_only
+        assert sc._base is not None and sc._base is not model
         fast = sc.label_scores(ct, cy, test.texts[:5])
-        sc._head_only = False
+        sc._base = None
         full = sc.label_scores(ct, cy, test.texts[:5])
         np.testing.assert_allclose(fast, full, atol=1e-4, rtol=0)
 
