@@ -642,9 +642,6 @@ def stream_ray(cfg: EmbedConfig, plan: _Plan, todo: list[Any], log: Callable) ->
     model load (tens of seconds each on a small CPU box) for all of them. Forward passes are
     counted for the pipeline and attributed to the splits by their share of the rows."""
     init_ray(None, None)
-    if len(todo) == 1:
-        ds = build_dataset(cfg, plan, todo[0])
-        return [_collect(ds.iter_batches(batch_size=None, batch_format="numpy"), todo[0])]
     joined = _Joined.of(todo)
     X, forwards = _collect(build_dataset(cfg, plan, joined).iter_batches(batch_size=None, batch_format="numpy"),
                            joined)
