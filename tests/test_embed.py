@@ -104,6 +104,21 @@ def test_two_splits_share_one_actor_pool_and_equal_in_process(ray_local, tmp_pat
         assert man["rows"] == len(ex.ids)
 
 
+@pytest.mark.timeout(420)
+def test_audio_clips_through_the_actor_pool_equal_in_process(ray_local, tmp_path):
+    """Variable-length waveforms travel through Ray Data as list<float32> rows; each vector equals
+    Whisper's in-process embedding of the same clip."""
+    opts = {"train_size": 16, "test_size": 12}
+    t = E.embed(cfg(tmp_path / "cache", executor="ray", actors=1, splits=["train", "test"], dataset="spoken_digits",
+                    dataset_options=opts, backbone="whisper-tiny-en", batch_size=8), log=quiet)
+    whisper = load_backbone("whisper-tiny-en")
+    for split in ("train", "test"):
+        ex = load_examples("spoken_digits", split, **opts)
+        part = t.select(split)
+        assert part.ids == ex.ids and part.X.shape == (len(ex), 384)
+        np.testing.assert_allclose(part.X, whisper.embed_audio(ex.audios), atol=1e-4, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- cache semantics (in-process)
 
 

@@ -128,6 +128,26 @@ def test_icl_cells_only_for_causal_backbones(tmp_path):
     assert {c.protocol for c in icl} == {"prompt"}
 
 
+def test_each_dataset_meets_only_backbones_of_its_modality(tmp_path):
+    cells = expand(_spec(tmp_path, datasets="[sms_spam,spoken_digits]", backbones="[minilm-l6,whisper-tiny-en]",
+                         methods="[tart,icl,lr_probe]"))
+    pairs = {(c.dataset, c.backbone) for c in cells}
+    assert pairs == {("sms_spam", "minilm-l6"), ("spoken_digits", "whisper-tiny-en")}
+    assert not [c for c in cells if c.method == "icl"]  # no causal LM here
+    with pytest.raises(GridError, match="'spoken_digits' is audio, but no backbone of the grid embeds audio"):
+        expand(_spec(tmp_path, datasets="[sms_spam,spoken_digits]", backbones="[minilm-l6]"))
+
+
+def test_audio_grid_runs_end_to_end_and_learns(tmp_path):
+    # spoken five vs nine in noise, Whisper features: tart and the probe both far above chance
+    spec = _spec(tmp_path, datasets="[spoken_digits]", backbones="[whisper-tiny-en]", methods="[tart,lr_probe]",
+                 ks="[32]", seeds="[0,1]", test_size=60)
+    s = run_grid(spec)
+    assert s["cells_run"] == 4 and s["cells_failed"] == 0
+    df = read_results(spec)
+    assert (df["accuracy"] >= 0.7).all(), df[["method", "seed", "accuracy"]]  # measured 0.80-0.93 at k=32
+
+
 def test_metrics_are_correct():
     y = np.array([0, 0, 1, 1])
     m = cell_metrics(y, np.array([0.1, 0.6, 0.8, 0.9]))
