@@ -11,11 +11,13 @@ baseline and the largest probability difference.
 `--paths` adds the scorer's forward paths as a third axis: `model` = the whole causal LM with
 `logits_to_keep=1` and transformers' `repeat_kv` copies for grouped-query heads (the code
 until 2026-11-26); `stack` = the decoder stack alone, LM head on the scored positions only;
-`stack+gqa` = that, plus SDPA's native grouped-query attention on CPU (the default now).
+`stack+gqa` = that, plus SDPA's native grouped-query attention on CPU; `packed` = that, with each
+batch of queries packed into one row on the shared context cache (block mask) instead of padded
+rows on per-query copies of the cache (the default now).
 
 Usage (2-core box; 1 torch thread is what an icl Ray task gets):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_icl.py --dataset tweet_sentiment --k 32 --n 48
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_icl.py --dtypes bfloat16 --paths model,stack,stack+gqa
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_icl.py --dtypes bfloat16 --paths model,stack,stack+gqa,packed
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=48, help="test queries (balanced test subsample, as the grid draws it)")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch-sizes", default="8", help="comma list; the grid default is 8")
-    ap.add_argument("--paths", default="stack+gqa", help="comma list of model, stack, stack+gqa (see above)")
+    ap.add_argument("--paths", default="packed", help="comma list of model, stack, stack+gqa, packed (see above)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
@@ -66,12 +68,12 @@ def main() -> int:
     for dtype in a.dtypes.split(","):
         tok, model = load_causal_lm(a.backbone, device=a.device, dtype=dtype)
         for bs, path in ((int(b), w) for b in a.batch_sizes.split(",") for w in a.paths.split(",")):
-            if path not in ("model", "stack", "stack+gqa"):
+            if path not in ("model", "stack", "stack+gqa", "packed"):
                 ap.error(f"--paths: unknown path {path!r}")
-            scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=bs)
+            scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=bs, packing=path == "packed")
             if path == "model":
                 scorer._base = None
-            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if path == "stack+gqa" else "0"
+            os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1" if path in ("stack+gqa", "packed") else "0"
             scorer.predict_proba(ctx_texts[:2], ctx_labels[:2], test.texts[:bs])  # warm-up (small prompt)
             t = time.perf_counter()
             p = scorer.predict_proba(ctx_texts, ctx_labels, test.texts)
@@ -83,6 +85,7 @@ def main() -> int:
             run["speedup_vs_first"] = round(base[0] / secs, 2)
             run["agree_with_first"] = float(((p >= 0.5) == (base[1] >= 0.5)).mean())
             run["max_abs_dp_vs_first"] = round(float(np.abs(p - base[1]).max()), 4)
+            run["packed"] = bool(scorer._packing_ok)
             runs.append(run)
             print(json.dumps(run), flush=True)
         del model

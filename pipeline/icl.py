@@ -18,9 +18,13 @@ label word inside a sentence cannot confuse anything.
 
 Efficiency: the context part of the prompt is the same for every query, so it is
 forwarded ONCE and its KV cache (`past_key_values`) kept; queries are then scored in
-batches on an expanded copy of that cache, each batch forwarding only its own
-"Sentence: <query>\\nLabel:" tokens (right-padded; positions continue after the
-context). The prompt is tokenised as context tokens + query tokens, exactly the
+batches, each batch forwarding only its own "Sentence: <query>\\nLabel:" tokens
+(positions continue after the context). A batch is PACKED into one row on the batch-1
+cache, a block mask keeping each query to the context and itself (`packed_continuation`),
+so the context's keys and values are never copied per query; 1.17x faster than padded
+rows on copies of the cache (bench/bench_icl.py --paths). Models whose attention ignores a
+custom 4-D mask would score packed queries wrongly, so the first batch is also scored the
+padded way and packing is used only if both agree. The prompt is tokenised as context tokens + query tokens, exactly the
 sequence `use_cache=False` (the naive path that forwards the whole prompt per query)
 reads, so both paths score the same token sequence.
 
@@ -79,10 +83,12 @@ class ICLScorer:
     label_words: words for label 0 and 1 (e.g. a dataset's `label_names`).
     batch_size: queries per forward pass on the cached context.
     max_length: optional tighter limit than the model's own maximum context.
+    packing: pack each batch into one row on the shared cache (checked once against padding).
     """
 
     def __init__(self, tokenizer: Any, model: Any, label_words: Sequence[str] = ("negative", "positive"),
-                 batch_size: int = 8, max_length: int | None = None, scoring: str = "sum"):
+                 batch_size: int = 8, max_length: int | None = None, scoring: str = "sum",
+                 packing: bool = True):
         if len(label_words) != 2:
             raise ICLError(f"label_words must hold exactly 2 words (label 0, label 1); got {list(label_words)}")
         words = [str(w).strip() for w in label_words]
@@ -106,6 +112,8 @@ class ICLScorer:
         if scoring == "first":
             self.word_ids = [t[:1] for t in self.word_ids]
         self.forward_count = 0
+        self.packing = packing
+        self._packing_ok: bool | None = None  # decided on the first cached batch (see _check_packing)
         import inspect
 
         self._forward_params = set(inspect.signature(model.forward).parameters)
@@ -220,6 +228,39 @@ class ICLScorer:
         lp = torch.log_softmax(out.logits.float(), dim=-1)
         return {(r, c): lp[r, c] for r, c in wanted}
 
+    def _forward_packed(self, seqs: list[list[int]], past: Any, past_len: int,
+                        wanted: list[tuple[int, int]]) -> dict:
+        """Same result as `_forward_batch(seqs, expanded copy of past, ...)`: {(row, pos): log-softmax},
+        from one packed row on the batch-1 cache `past`, which is cropped back to `past_len` after."""
+        import torch
+
+        from .prompts import packed_continuation
+
+        dev = self._device
+        ids, mask, positions, starts = packed_continuation(seqs, past_len)
+        try:
+            with torch.inference_mode():
+                out = self._base(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
+                                 use_cache=True, **{self._base_cache_kw: past})
+                flat = torch.tensor([starts[r] + c for r, c in wanted], device=dev)
+                head = self.model.get_output_embeddings()
+                lp = torch.log_softmax(head(out.last_hidden_state[0, flat]).float(), dim=-1)
+        finally:
+            past.crop(-(past.get_seq_length() - past_len))  # drop the queries' keys: the prefix is shared
+        self.forward_count += 1
+        return {w: lp[i] for i, w in enumerate(wanted)}
+
+    def _check_packing(self, seqs: list[list[int]], cache: Any, past_len: int, wanted: list[tuple[int, int]],
+                       padded: dict) -> bool:
+        """Packing is exact in arithmetic; allow the rounding of the model's dtype (fp32 ~1e-5,
+        bf16 ~0.1 in a log-prob), and refuse anything larger: the model ignored the block mask."""
+        import torch
+
+        packed = self._forward_packed(seqs, cache, past_len, wanted)
+        tol = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 0.5
+        worst = max(float((packed[w] - padded[w]).abs().max()) for w in wanted)
+        return worst <= tol
+
     def _prefix_cache(self, prefix: list[int]) -> Any:
         import torch
 
@@ -266,8 +307,14 @@ class ICLScorer:
             wanted = sorted({(r, off + pos) for r, (_, _, targets) in enumerate(batch) for _, pos, _ in targets})
             if any(c < 0 for _, c in wanted):
                 raise ICLError("zero-shot scoring of a query needs a BOS token or a context")
-            if cache is not None:
-                lp = self._forward_batch([j[1] for j in batch], self._expand(cache, len(batch)), P, wanted)
+            seqs = [j[1] for j in batch]
+            if cache is not None and self._packing_ok and self._base is not None:
+                lp = self._forward_packed(seqs, cache, P, wanted)
+            elif cache is not None:
+                lp = self._forward_batch(seqs, self._expand(cache, len(batch)), P, wanted)
+                if self._packing_ok is None:  # first cached batch: does this model honour a block mask?
+                    self._packing_ok = (self.packing and self._base is not None and hasattr(cache, "crop")
+                                        and self._check_packing(seqs, cache, P, wanted, lp))
             else:
                 lp = self._forward_batch([prep.prefix + j[1] for j in batch], None, 0, wanted)
             for r, (i, _, targets) in enumerate(batch):

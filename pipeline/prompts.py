@@ -124,3 +124,25 @@ def continuation_batch(seqs: Sequence[Sequence[int]], past_len: int, pad_id: int
         mask[r, past_len : past_len + len(x)] = 1
     positions = (torch.arange(width) + past_len).unsqueeze(0).expand(n, -1)
     return ids, mask, positions
+
+
+def packed_continuation(seqs: Sequence[Sequence[int]], past_len: int) -> tuple[Any, Any, Any, list[int]]:
+    """(input_ids (1, T), 4-D boolean attention mask (1, 1, T, past_len + T), position_ids (1, T),
+    start of each sequence) for token suffixes that all continue one cached prefix, PACKED into a
+    single row: each suffix sees the whole prefix and its own earlier tokens, never another
+    suffix, and its positions continue after the prefix. Unlike `continuation_batch` the prefix's
+    keys and values are not copied once per suffix, and no token is padding."""
+    import torch
+
+    lens = [len(x) for x in seqs]
+    total = sum(lens)
+    starts = [0]
+    for n in lens[:-1]:
+        starts.append(starts[-1] + n)
+    ids = torch.tensor([[t for x in seqs for t in x]], dtype=torch.long)
+    positions = torch.tensor([[past_len + j for n in lens for j in range(n)]], dtype=torch.long)
+    mask = torch.zeros((1, 1, total, past_len + total), dtype=torch.bool)
+    mask[..., :past_len] = True
+    for s, n in zip(starts, lens):
+        mask[0, 0, s:s + n, past_len + s:past_len + s + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    return ids, mask, positions, starts

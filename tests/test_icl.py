@@ -78,6 +78,23 @@ def test_lm_head_on_scored_positions_only_equals_full_logits(lm, sms):
         np.testing.assert_allclose(fast, full, atol=1e-4, rtol=0)
 
 
+def test_packed_queries_score_as_padded_rows_on_cache_copies(lm, sms):
+    """A batch packed into one row on the shared cache (block mask) scores what padded rows on
+    per-query copies of the cache score, for one- and two-token label words, and the cache is
+    cropped back after every batch (later batches see only the context)."""
+    tok, model = lm
+    pool, test, idx = sms
+    ct, cy = [pool.texts[i] for i in idx[4]], pool.labels[idx[4]]
+    for words in (pool.label_names, ("not spam", "spam")):
+        packed = ICLScorer(tok, model, label_words=words, batch_size=3)
+        a = packed.label_scores(ct, cy, test.texts[:7])
+        assert packed._packing_ok is True  # SmolLM2 (Llama) honours the 4-D block mask
+        b = ICLScorer(tok, model, label_words=words, batch_size=3, packing=False).label_scores(ct, cy, test.texts[:7])
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+        alone = ICLScorer(tok, model, label_words=words, batch_size=1, packing=False).label_scores(ct, cy, test.texts[:7])
+        np.testing.assert_allclose(a, alone, atol=1e-4, rtol=0)
+
+
 def test_prompt_over_limit_errors_before_forward(lm, sms):
     tok, model = lm
     pool, test, _ = sms
@@ -113,5 +130,8 @@ def test_real_icl_sms_spam_k18(lm, sms):
     assert p.shape == (20,) and np.isfinite(p).all() and np.all((p > 0) & (p < 1))
     acc = float(((p >= 0.5) == test.labels).mean())
     print(f"ICL smollm2-135m sms_spam k=18, 20 balanced queries: accuracy {acc:.2f}")
-    # one prefix pass + ceil(20 / 8) query batches: the context is not re-read per query
-    assert sc.forward_count == 1 + 3
+    # one prefix pass + ceil(20 / 8) query batches (+ the scorer's one-time packed-vs-padded check of
+    # its first batch): the context is not re-read per query
+    assert sc._packing_ok and sc.forward_count == 1 + 3 + 1
+    sc.predict_proba(ct, cy, test.texts)
+    assert sc.forward_count == 5 + 1 + 3  # checked once per scorer, not per call
