@@ -82,6 +82,8 @@ class GridSpec:
     # CPUs per ICL task (its torch threads: Ray sets one per whole CPU). ICL is compute-bound: on a
     # CPU box, tasks sharing a core (0.5 CPU each) only slow each other down.
     cpus_per_icl_task: float = 1.0
+    # queries per ICL forward pass. 8 suits a CPU; on a GPU 32 is 3x faster (H200, SmolLM2-sized
+    # model, k=32/64: BENCHMARKS.md "ICL on a GPU"), as configs/grids/paper.yaml sets it.
     icl_batch_size: int = 8
     # weights/activations of the backbones (embedding and icl): auto = bfloat16 on GPU and on CPUs with
     # native bf16 (AVX512-BF16/AMX: 1.8-2.8x faster there, accuracy within 0.003; BENCHMARKS.md), else
