@@ -12,6 +12,11 @@ Same run, same backbone, batch size, torch threads and texts:
              and `ray-stream`: just the Ray Data pipeline (build_dataset + iter_batches), no
              cache I/O, so the ratio isolates Ray Data's own overhead.
 
+`--actors 1,2,4,8` then times the Ray Data pipeline (`ray-stream`) with each pool size, each
+actor on --cpus-per-actor CPUs and --threads torch threads: scaling with actors where the
+cores allow (a 2-core box has no room; run it on a many-core machine,
+`bench/embed_scaling_check.sh`).
+
 Every pipeline run uses overwrite=true so it really computes. The model load inside the
 actor is reported separately (`load_s`) so steady-state throughput can be compared.
 
@@ -49,6 +54,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, same for plain and the actor")
     ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--num-cpus", type=float, default=2, help="logical CPUs of the local Ray")
+    ap.add_argument("--actors", default="", help="comma list of pool sizes for the scaling runs (e.g. 1,2,4,8)")
     args = ap.parse_args()
 
     import torch
@@ -105,6 +111,20 @@ def main() -> int:
         steady = max(1e-9, res[name]["seconds"] - load_s)
         res[name]["ratio_vs_plain_minus_load"] = round(steady / plain, 2)
     res["ratio_ray_vs_plain_total"] = round(res["ray"]["seconds"] / plain, 2)
+    scaling = {}
+    for a in [int(x) for x in args.actors.split(",") if x]:
+        cfg = E.EmbedConfig(**{**base, "actors": a}, executor="ray")
+        t = time.perf_counter()
+        n = sum(len(b["id"]) for b in E.build_dataset(cfg, plan, ex).iter_batches(batch_size=None, batch_format="numpy"))
+        secs = time.perf_counter() - t
+        assert n == len(texts)
+        scaling[a] = {"seconds": round(secs, 3), "texts_per_s": round(n / secs, 1)}
+        print(f"{a} actor(s): {secs:.2f} s, {n / secs:.0f} texts/s", flush=True)
+    for a, r in scaling.items():
+        r["speedup_vs_1_actor"] = round(scaling[min(scaling)]["seconds"] / r["seconds"], 2)
+        r["vs_plain_loop"] = round(plain / r["seconds"], 2)
+    if scaling:
+        res["scaling"] = scaling
     ray.shutdown()
     print(json.dumps(res, indent=1))
     return 0
