@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--cpus-per-actor", type=float, default=1.0)
     ap.add_argument("--num-cpus", type=float, default=2, help="logical CPUs of the local Ray")
     ap.add_argument("--actors", default="", help="comma list of pool sizes for the scaling runs (e.g. 1,2,4,8)")
+    ap.add_argument("--only-scaling", action="store_true", help="plain loop + the --actors runs only")
     args = ap.parse_args()
 
     import torch
@@ -82,13 +83,17 @@ def main() -> int:
         bb.embed_texts(texts[s:s + args.batch_size], batch_size=args.batch_size)
     plain = time.perf_counter() - t
     res["plain"] = {"seconds": round(plain, 3), "texts_per_s": round(len(texts) / plain, 1), "load_s": round(load_s, 2)}
+    print(f"plain loop: {plain:.2f} s, {len(texts) / plain:.0f} texts/s", flush=True)
 
+    import ray
+
+    if args.only_scaling:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
+        return _scaling(args, res, E, base, plan, ex, texts, plain)
     t = time.perf_counter()
     E.embed(E.EmbedConfig(**base, executor="local"), log=lambda m: None)
     local = time.perf_counter() - t
     res["local"] = {"seconds": round(local, 3), "texts_per_s": round(len(texts) / local, 1), "includes": "model load"}
-
-    import ray
 
     t = time.perf_counter()
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
@@ -111,6 +116,12 @@ def main() -> int:
         steady = max(1e-9, res[name]["seconds"] - load_s)
         res[name]["ratio_vs_plain_minus_load"] = round(steady / plain, 2)
     res["ratio_ray_vs_plain_total"] = round(res["ray"]["seconds"] / plain, 2)
+    return _scaling(args, res, E, base, plan, ex, texts, plain)
+
+
+def _scaling(args, res, E, base, plan, ex, texts, plain) -> int:
+    import ray
+
     scaling = {}
     for a in [int(x) for x in args.actors.split(",") if x]:
         cfg = E.EmbedConfig(**{**base, "actors": a}, executor="ray")
