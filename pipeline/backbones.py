@@ -63,11 +63,15 @@ class BackboneError(ValueError):
 # ----------------------------------------------------------------------------- cache
 
 
-def cache_root() -> Path:
-    """Where converted/built backbones live: $TART_CACHE/backbones or ~/.cache/tart/backbones."""
+def tart_cache_dir() -> Path:
+    """The project's cache folder: $TART_CACHE, default ~/.cache/tart."""
     base = os.environ.get("TART_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "tart"
-    return root / "backbones"
+    return Path(base) if base else Path.home() / ".cache" / "tart"
+
+
+def cache_root() -> Path:
+    """Where converted/built backbones live: <tart_cache_dir>/backbones."""
+    return tart_cache_dir() / "backbones"
 
 
 @contextlib.contextmanager

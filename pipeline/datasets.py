@@ -248,12 +248,10 @@ def _read_spoken_digits(spec: DatasetSpec, noisy: bool = True) -> _Raw:
     """Every rendition of every digit word; speakers (accent + voice variant) drawn with the split
     seed into train or test, so the test set is speaker-disjoint from the context pool."""
     from . import speech
+    from .backbones import tart_cache_dir
 
-    cache = Path(os.environ.get("TART_CACHE") or Path.home() / ".cache" / "tart") / "datasets"
-    try:
-        speakers = speech.speakers()
-    except speech.SpeechError as e:
-        raise DatasetError(f"spoken_digits: {e}") from None
+    cache = tart_cache_dir() / "datasets"
+    speakers = speech.speakers()
     rng = np.random.default_rng([spec.split_seed, 0x5BEA])
     n_test = max(1, int(round(len(speakers) * spec.test_fraction)))
     test_speakers = set(np.asarray(speakers)[rng.permutation(len(speakers))[:n_test]].tolist())
@@ -272,8 +270,8 @@ def _read_spoken_digits(spec: DatasetSpec, noisy: bool = True) -> _Raw:
             labels.append(digit)
             out_ids.append(f"spoken:{i}")
     meta = {"source": "synthetic: eSpeak NG via espeakng-loader " + speech.loader_version(),
-            "synth_version": speech.SYNTH_VERSION, "noise_snr_db": list(speech.NOISE_SNR_DB) if noisy else None, "test_split": f"speakers:{n_test}/{len(speakers)}",
-            "test_speakers": sorted(test_speakers)}
+            "synth_version": speech.SYNTH_VERSION, "noise_snr_db": list(speech.NOISE_SNR_DB) if noisy else None,
+            "test_split": f"speakers:{n_test}/{len(speakers)}", "test_speakers": sorted(test_speakers)}
     test = _Raw(inputs=parts["test"][0], raw_labels=parts["test"][1], ids=parts["test"][2], columns=["audio", "label"],
                 class_names=list(speech.DIGIT_WORDS))
     return _Raw(inputs=parts["train"][0], raw_labels=parts["train"][1], ids=parts["train"][2],

@@ -24,9 +24,9 @@ cache, a block mask keeping each query to the context and itself (`packed_contin
 so the context's keys and values are never copied per query; 1.17x faster than padded
 rows on copies of the cache (bench/bench_icl.py --paths). Models whose attention ignores a
 custom 4-D mask would score packed queries wrongly, so the first batch is also scored the
-padded way and packing is used only if both agree. The prompt is tokenised as context tokens + query tokens, exactly the
-sequence `use_cache=False` (the naive path that forwards the whole prompt per query)
-reads, so both paths score the same token sequence.
+padded way and packing is used only if both agree. The prompt is tokenised as context
+tokens + query tokens, exactly the sequence `use_cache=False` (the naive path that
+forwards the whole prompt per query) reads, so both paths score the same token sequence.
 
 Length: every prompt (context + query + label tokens) is checked against the model's
 maximum context (config.max_position_embeddings, or `max_length` if smaller) BEFORE
