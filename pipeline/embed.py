@@ -23,8 +23,8 @@ Protocols (docs/method.md):
 Cache layout under `cache_uri` (any fsspec URI; default $TART_EMBED_CACHE or
 ./tart_cache/embeddings)::
 
-    <cache_uri>/<key_hash>/part-00000.parquet   id string, label int8, position int32,
-    <cache_uri>/<key_hash>/part-00001.parquet   embedding fixed_size_list<float32>[dim]
+    <cache_uri>/<key_hash>/part-00000-<attempt>.parquet   id string, label int8, position int32,
+    <cache_uri>/<key_hash>/part-00001-<attempt>.parquet   embedding fixed_size_list<float32>[dim]
     <cache_uri>/<key_hash>/_manifest.json
 
 `key_hash` = sha256 (20 hex) of the entry key: backbone name, backbone revision,
@@ -32,13 +32,18 @@ dataset digest (spec digest + sha256 of the split's ids, labels and inputs), spl
 protocol, layer, pooling, dtype, max_length (+ k, seed, prompt template for vanilla/
 loo). The manifest records the key, revision, pooling, layer, dataset digest, rows,
 dim, files (name, rows, bytes, sha256), created time, seconds and backbone forward
-passes spent. Commit protocol: the manifest is written first with complete=false,
-then every part file through temp-then-rename, then the manifest again with
-complete=true, last. A reader uses an entry only if its manifest says complete=true
-for the same key and every file matches its recorded size and row count; anything
-else (files without a manifest, complete=false, missing/truncated part) is
-recomputed from scratch. Files are written by the driver with deterministic names
-and rows in the dataset's order, so the bytes do not depend on Ray's scheduling
+passes spent. Commit protocol (any number of concurrent writers of one entry, e.g. two
+grids on one cache): each write attempt (named <host>-<pid>-<random>) writes its own part
+files through temp-then-rename, then replaces the manifest (complete=true, naming its parts)
+atomically: that is the commit, and the only file two attempts share. An attempt that finds
+another's complete manifest for the same key keeps it and removes its own parts. Files no
+committed manifest names are removed only when their attempt is provably over (a dead
+process of this host, or older than six hours). A reader uses an entry only if its manifest
+says complete=true for the same key and every file matches its recorded size and row
+count; anything else (files without a manifest, complete=false, missing/truncated part) is
+recomputed from scratch. Entries written before attempt names (part-00000.parquet) read
+as before: the manifest names the files. Files are written by the driver with rows in the
+dataset's order, so the bytes do not depend on Ray's scheduling
 (embeddings are small next to the model work: 4,862 x 384 floats = 7.5 MB).
 
 Fault tolerance on Ray: the actor pool runs with `max_restarts` / `max_task_retries`
@@ -379,8 +384,43 @@ def _schema(dim: int):
                       pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)])
 
 
-def part_name(i: int) -> str:
-    return f"part-{i:05d}.parquet"
+def part_name(i: int, attempt: str) -> str:
+    """Part file i of one write attempt: every attempt has its own names (see `_Cache.write`)."""
+    return f"part-{i:05d}-{attempt}.parquet"
+
+
+STALE_ATTEMPT_S = 6 * 3600  # files of an attempt this old are leftovers, whoever wrote them
+
+
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _new_attempt() -> str:
+    """<host tag>-<pid>-<random>: names one write attempt, so a later writer can tell whether it is dead."""
+    import uuid
+
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _attempt_is_dead(name: str) -> bool:
+    """True only if the file `name` belongs to an attempt of a process on this host that has exited."""
+    parts = name.split("-")
+    # part-00000-<host>-<pid>-<rand>.parquet or _tmp-<uuid>-part-00000-<host>-<pid>-<rand>.parquet
+    if len(parts) < 4 or not parts[-2].isdigit() or parts[-3] != _host_tag():
+        return False
+    pid = int(parts[-2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class _Cache:
@@ -439,24 +479,30 @@ class _Cache:
         return t.column("id").to_pylist(), t.column("label").to_numpy().astype(np.int64), X
 
     def write(self, h: str, key: dict, ids: Sequence[str], labels: np.ndarray, X: np.ndarray,
-              rows_per_file: int, extra: dict) -> dict:
-        """Commit an entry: manifest(complete=false) -> parts (temp+rename) -> manifest(complete=true)."""
+              rows_per_file: int, extra: dict, overwrite: bool = False) -> dict:
+        """Commit an entry; safe with any number of concurrent writers of the same entry.
+
+        Each attempt writes part files under its own names (temp, then rename), so no writer
+        ever touches another's files. The manifest (complete=true, naming this attempt's parts
+        with their sizes and sha256) is the only shared file and is replaced atomically, last:
+        it is the commit. A writer that finds a complete manifest for the same key already
+        committed by another (and is not `overwrite`) keeps that one and removes its own parts,
+        which no manifest ever named. Then leftovers are removed: files no committed manifest
+        names that belong to a dead process of this host or are older than STALE_ATTEMPT_S;
+        a live concurrent attempt's files are never touched.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = self.path(h)
         self.fs.makedirs(path, exist_ok=True)
-        created = _now()
+        attempt = _new_attempt()
         man = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": key, "key_hash": h, "complete": False,
                "backbone": key["backbone"], "revision": key["revision"], "pooling": key["pooling"],
                "layer": key["layer"], "dataset_digest": key["dataset_digest"], "split": key["split"],
                "protocol": key["protocol"], "k": key.get("k"), "seed": key.get("seed"), "rows": len(ids),
-               "dim": int(X.shape[1]) if X.ndim == 2 else 0, "created": created, "files": [], **extra}
-        storage.write_json_atomic(self.fs, storage.join(path, MANIFEST), man)
-        # remove leftovers of an earlier, interrupted attempt (parts not in this commit)
-        for name in storage.list_names(self.fs, path):
-            if name.startswith("part-") or name.startswith(storage.TMP_PREFIX):
-                self.fs.rm_file(storage.join(path, name))
+               "dim": int(X.shape[1]) if X.ndim == 2 else 0, "created": _now(), "files": [],
+               "attempt": attempt, **extra}
         schema = _schema(man["dim"])
         n = len(ids)
         nfiles = max(1, -(-n // rows_per_file))
@@ -470,13 +516,50 @@ class _Cache:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink, compression="zstd")
             data = sink.getvalue().to_pybytes()
-            storage.atomic_write_bytes(self.fs, storage.join(path, part_name(f)), data)
-            man["files"].append({"name": part_name(f), "rows": e - s, "bytes": len(data),
+            storage.atomic_write_bytes(self.fs, storage.join(path, part_name(f, attempt)), data)
+            man["files"].append({"name": part_name(f, attempt), "rows": e - s, "bytes": len(data),
                                  "sha256": storage.sha256_bytes(data)})
         man["complete"] = True
         man["completed"] = _now()
-        storage.write_json_atomic(self.fs, storage.join(path, MANIFEST), man)  # last: vouches for the parts
+        theirs = None if overwrite else self.complete(h, key)
+        if theirs is not None:  # a concurrent writer committed first: keep its entry, drop ours
+            for rec in man["files"]:
+                self._remove(storage.join(path, rec["name"]))
+            man = theirs
+        else:
+            storage.write_json_atomic(self.fs, storage.join(path, MANIFEST), man)  # the commit
+        self._remove_leftovers(h)
         return man
+
+    def _remove(self, p: str) -> None:
+        try:
+            self.fs.rm_file(p)
+        except FileNotFoundError:
+            pass
+
+    def _remove_leftovers(self, h: str) -> None:
+        """Remove part/temp files of entry `h` that the committed manifest does not name and whose
+        attempt is provably over (a dead process of this host, or older than STALE_ATTEMPT_S)."""
+        path = self.path(h)
+        committed = self.manifest(h) or {}
+        keep = {rec["name"] for rec in committed.get("files", [])}
+        for name in storage.list_names(self.fs, path):
+            if name in keep or not name.startswith(("part-", storage.TMP_PREFIX)):
+                continue
+            p = storage.join(path, name)
+            if not _attempt_is_dead(name) and not self._older_than(p, STALE_ATTEMPT_S):
+                continue
+            self._remove(p)
+
+    def _older_than(self, p: str, seconds: float) -> bool:
+        try:
+            modified = self.fs.modified(p)
+        except Exception:  # noqa: BLE001 - gone, or a filesystem without mtimes: leave it
+            return False
+        if modified.tzinfo is None:  # fsspec's backends give UTC times; some without a zone
+            modified = modified.replace(tzinfo=_dt.timezone.utc)
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return (now - modified).total_seconds() > seconds
 
 
 # ----------------------------------------------------------------------------- validation before work
@@ -846,8 +929,8 @@ def _embed_stream(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) -
         secs = time.time() - t1
         for s, (X, fw) in zip(todo, outs):
             ex = plan.examples[s]
-            man = cache.write(hashes[s], keys[s], ex.ids, ex.labels, X, cfg.rows_per_file,
-                              {"seconds": round(secs, 3), "forward_passes": fw, "executor": executor,
+            man = cache.write(hashes[s], keys[s], ex.ids, ex.labels, X, cfg.rows_per_file, overwrite=cfg.overwrite,
+                              extra={"seconds": round(secs, 3), "forward_passes": fw, "executor": executor,
                                "label_names": list(ex.label_names)})
             forwards_total += fw
             entry = {"split": s, "k": None, "seed": None, "key_hash": hashes[s], "uri": cache.uri_of(hashes[s]),
@@ -930,7 +1013,8 @@ def _embed_context(cfg: EmbedConfig, plan: _Plan, cache: _Cache, log: Callable) 
             got[seed, k] = {}
             for s, ex, X in (("train", ctx, Xc), ("test", test, Xq)):  # both: queries need the context anyway
                 h = hashes[seed, k][s]
-                man = cache.write(h, keys[seed, k][s], ex.ids, ex.labels, X, cfg.rows_per_file, extra)
+                man = cache.write(h, keys[seed, k][s], ex.ids, ex.labels, X, cfg.rows_per_file, extra,
+                                  overwrite=cfg.overwrite)
                 got[seed, k][s] = _table(ex.ids, ex.labels, X, s, k, seed,
                                          {"split": s, "k": k, "seed": seed, "key_hash": h, "uri": cache.uri_of(h),
                                           "computed": True, "rows": man["rows"]})

@@ -8,6 +8,9 @@ vanilla/LOO prompt protocols. Tens of examples only.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
 import os
 from pathlib import Path
 
@@ -71,7 +74,8 @@ def test_ray_actor_pool_matches_in_process_survives_a_crash_and_is_cached(ray_lo
         assert f in man
     assert man["revision"] == minilm.revision and man["executor"] == "ray"
     assert entry.name == E.key_hash(man["key"])  # directory name = content hash of the key
-    assert sorted(p.name for p in entry.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+    assert sorted(p.name for p in entry.iterdir()) == ["_manifest.json", man["files"][0]["name"]]
+    assert re.fullmatch(r"part-00000-[0-9a-f]{6}-\d+-[0-9a-f]{6}\.parquet", man["files"][0]["name"])
 
     # second request for the same key: no actor, no forward pass, same vectors
     again = E.embed(cfg(tmp_path / "cache", executor="ray", actors=1), log=quiet)
@@ -134,17 +138,19 @@ def test_partial_or_foreign_cache_is_recomputed_not_read(tmp_path):
     assert t.computed == 1 and t.forward_passes > 0
     np.testing.assert_allclose(t.X, first.X, atol=1e-6)
 
-    # manifest says incomplete: recomputed (and the stale part is replaced)
+    # manifest says incomplete: recomputed (and the stale part is no longer named)
     man = json.loads(man_path.read_text())
     man["complete"] = False
     man_path.write_text(json.dumps(man))
-    (entry / "part-00000.parquet").write_bytes(b"garbage")
+    stale = man["files"][0]["name"]
+    (entry / stale).write_bytes(b"garbage")
     t = E.embed(c, log=quiet)
     assert t.computed == 1
     np.testing.assert_allclose(t.X, first.X, atol=1e-6)
+    assert stale not in [f["name"] for f in json.loads(man_path.read_text())["files"]]
 
     # a part file truncated under a complete manifest: recomputed
-    p = entry / "part-00000.parquet"
+    p = entry / json.loads(man_path.read_text())["files"][0]["name"]
     p.write_bytes(p.read_bytes()[:100])
     assert E.embed(c, log=quiet).computed == 1
 
@@ -332,3 +338,73 @@ def test_context_protocol_on_ray_runs_a_task_per_seed_and_equals_in_process(ray_
     assert len(manifests) == 8 and {m["executor"] for m in manifests} == {"ray"}
     again = E.embed(cfg(tmp_path / "ray", executor="ray", **over), log=quiet)
     assert again.computed == 0 and again.forward_passes == 0
+
+
+def test_concurrent_writers_of_one_entry_both_succeed_and_leave_one_verified_entry(tmp_path):
+    """Two writers race on the same entry many times (the two-drivers-on-one-cache fault, in
+    threads): both writes return, and the entry is one complete manifest whose parts are intact
+    and hold exactly one writer's vectors. Leftovers of a dead attempt are removed; those of a
+    live one are not."""
+    import threading
+
+    cache = E.open_cache(E.EmbedConfig(cache_uri=str(tmp_path / "c")))
+    ids = [f"id{i}" for i in range(50)]
+    labels = np.arange(50) % 2
+    Xs = [np.random.default_rng(w).standard_normal((50, 8)).astype(np.float32) for w in range(2)]
+    key = {"backbone": "b", "revision": "r", "pooling": "mean", "layer": -1, "dataset_digest": "d",
+           "split": "train", "protocol": "stream"}
+    for round_ in range(40):
+        h = f"{round_:020d}"
+        start, errors = threading.Barrier(2), []
+
+        def write(w):
+            try:
+                start.wait()
+                cache.write(h, key, ids, labels, Xs[w], 7, {"writer": w})  # 8 part files each
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, f"round {round_}: {errors!r}"
+        man = cache.complete(h, key)
+        assert man is not None, f"round {round_}: no complete entry"
+        got_ids, got_labels, X = cache.read(h, man)
+        assert got_ids == ids and (got_labels == labels).all()
+        np.testing.assert_array_equal(X, Xs[man["writer"]])
+        for rec in man["files"]:
+            data = (tmp_path / "c" / h / rec["name"]).read_bytes()
+            assert E.storage.sha256_bytes(data) == rec["sha256"]
+        names = {p.name for p in (tmp_path / "c" / h).iterdir()}
+        assert not [n for n in names if n.startswith("_tmp-")], names
+        # besides the committed parts, at most the other attempt's (when both committed, the last
+        # wins; the first one's parts stay until provably stale: a reader may hold its manifest)
+        others = {n.split("-", 2)[2] for n in names - {E.MANIFEST, *(rec["name"] for rec in man["files"])}}
+        assert len(others) <= 1, names
+
+    # leftovers: parts of a dead process of this host and stale ones go, those of a live attempt stay
+    h = "l" * 20
+    before = {rec["name"] for rec in cache.write(h, key, ids, labels, Xs[1], 7, {"writer": 1})["files"]}
+    entry = tmp_path / "c" / h
+    host = E._host_tag()
+    dead, live, stale = (f"part-00000-{host}-{_exited_pid()}-abcdef.parquet",
+                         f"part-00000-{host}-{os.getppid()}-abcdef.parquet", f"_tmp-0123-part-00000-{host}-1-beef.parquet")
+    for n in (dead, live, stale):
+        (entry / n).write_bytes(b"x")
+    old = time.time() - E.STALE_ATTEMPT_S - 60
+    os.utime(entry / stale, (old, old))
+    cache.write(h, key, ids, labels, Xs[0], 7, {"writer": 0}, overwrite=True)
+    names = {p.name for p in entry.iterdir()}
+    assert dead not in names and stale not in names and live in names
+    man = cache.complete(h, key)
+    # the replaced entry's parts stay (young, their writer alive: a reader may be reading them)
+    assert man["writer"] == 0 and names == {E.MANIFEST, live, *before, *(rec["name"] for rec in man["files"])}
+
+
+def _exited_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
