@@ -61,7 +61,7 @@ def main() -> int:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.config import init_ray
+    from pipeline.runtime import init_ray
     from pipeline.train import TrainConfig, train, train_local
 
     scratch = Path(a.dir or tempfile.mkdtemp(prefix="bench_train_"))

@@ -44,6 +44,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .runtime import torch_dtype
+
 KINDS = ("causal", "encoder", "vision", "audio")
 POOLINGS = ("mean", "last")
 CACHE_META = "tart_backbone.json"
@@ -336,17 +338,10 @@ def _infer_kind(cfg: dict) -> str:
 
 
 def _torch_dtype(dtype: Any) -> Any:
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if str(dtype) not in table:
-        raise BackboneError(f"dtype {dtype!r}: expected one of {', '.join(table)}")
-    return table[str(dtype)]
+    try:
+        return torch_dtype(dtype)
+    except ValueError as e:
+        raise BackboneError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- the backbone

@@ -207,21 +207,3 @@ def defaults_epilog(cfg: Any, field_help: dict[str, str], examples: list[str]) -
 
     walk(cfg)
     return "\n".join(lines + ["", "examples:", *examples])
-
-
-def init_ray(address: str | None, num_cpus: float | None) -> None:
-    """Connect to `address` (a stage's --address) or start a local Ray; a no-op when already connected."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level="WARNING")
-        return
-    # local workers inherit the driver's environment: make `pipeline` importable without pip install
-    root = str(Path(__file__).resolve().parents[1])
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")

@@ -69,7 +69,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import storage
-from .config import ConfigError, defaults_epilog, init_ray, load_config, stage_parser
+from .config import ConfigError, defaults_epilog, load_config, stage_parser
+from .runtime import DTYPES, device_for, init_ray, resolve_dtype
 
 FORMAT = "tart-embeddings"
 FORMAT_VERSION = 1
@@ -78,7 +79,6 @@ PROTOCOLS = ("stream", "vanilla", "loo")
 CONTEXT_PROTOCOLS = ("vanilla", "loo")
 EXECUTORS = ("ray", "local", "auto")
 SPLITS = ("train", "test", "all")
-DTYPES = ("float32", "float16", "bfloat16", "auto")
 DEFAULT_CACHE = "./tart_cache/embeddings"
 
 
@@ -194,43 +194,6 @@ FIELD_HELP = {
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _device_for(gpus: float) -> str:
-    return "cuda" if gpus and gpus > 0 else "cpu"
-
-
-_CPU_BF16: bool | None = None
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16; Linux flags).
-
-    There oneDNN runs bf16 GEMMs ~4x faster than MKL's fp32 (BENCHMARKS.md); elsewhere bf16 is
-    emulated and can be slower than fp32, so `auto` keeps float32.
-    """
-    global _CPU_BF16
-    if _CPU_BF16 is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-        except OSError:
-            flags = []
-        _CPU_BF16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return _CPU_BF16
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """The dtype `auto` means on `device`: bfloat16 on a GPU and on a CPU with native bf16, else float32.
-
-    Measured (BENCHMARKS.md): bf16 moves grid accuracies by <= 0.003 and is 1.8-2.8x faster on an
-    AVX512-BF16 CPU (icl, embedding).
-    """
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return "bfloat16"
-        return "bfloat16" if cpu_has_native_bf16() else "float32"
-    return dtype
 
 
 # ----------------------------------------------------------------------------- the embedder
@@ -594,7 +557,7 @@ def _plan(cfg: EmbedConfig) -> _Plan:
     from .datasets import load_examples
 
     kind, revision = backbone_info(cfg.backbone)
-    device = _device_for(cfg.gpus_per_actor)
+    device = device_for(cfg.gpus_per_actor)
     dtype = resolve_dtype(cfg.dtype, device)
     splits = list(dict.fromkeys(cfg.splits))
     if cfg.protocol in CONTEXT_PROTOCOLS:

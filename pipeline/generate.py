@@ -64,7 +64,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import ConfigError, config_digest, defaults_epilog, init_ray, load_config, stage_parser, to_dict
+from .config import ConfigError, config_digest, defaults_epilog, load_config, stage_parser, to_dict
+from .runtime import init_ray
 from .synthetic import Episodes, TaskSpec, sample_episodes_np
 
 FORMAT = "tart-episodes"
@@ -434,10 +435,7 @@ def generate(cfg: GenerateConfig, log=print) -> dict:
                 save(False)
                 last_save = time.time()
     else:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, logging_level="WARNING")
+        init_ray()
         remote = _ray_remote(cfg.cpus_per_task)
         refs = {remote.remote(dcfg, i, task_uri, cfg.storage_options, i == cfg.fail_at_shard, memory): i
                 for i in todo}

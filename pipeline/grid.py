@@ -98,7 +98,7 @@ class GridSpec:
                 raise ConfigError(f"grid {name} is empty: list at least one")
         if self.test_size < 2 or self.train_size < 2:
             raise ConfigError("test_size and train_size must be >= 2")
-        from .embed import DTYPES
+        from .runtime import DTYPES
 
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -154,7 +154,7 @@ def cell_dtype(dtype: str, gpus: float) -> str:
     "auto" that resolves to float32 stays "auto", so the ids of earlier float32 results stay
     valid; one that resolves to bfloat16 becomes "bfloat16", the id an explicit bfloat16 gets.
     """
-    from .embed import resolve_dtype
+    from .runtime import resolve_dtype
 
     resolved = resolve_dtype(dtype, "cuda" if gpus > 0 else "cpu")
     return "auto" if dtype == "auto" and resolved == "float32" else resolved
@@ -698,10 +698,9 @@ def run_grid(spec: GridSpec, force: bool = False, log=print) -> dict:
 
     use_ray = spec.executor == "ray"
     if use_ray:
-        import ray
+        from .runtime import init_ray
 
-        if not ray.is_initialized():
-            ray.init(address=spec.address, include_dashboard=False, log_to_driver=True)
+        init_ray(spec.address)
     progress = Progress(len(todo), log)
     timings = {"embed_s": 0.0, "cells_s": 0.0, "mlflow_s": 0.0}
     forward_passes = 0

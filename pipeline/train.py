@@ -43,7 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, defaults_epilog, from_dict, init_ray, load_config, stage_parser, to_dict
+from .config import ConfigError, defaults_epilog, from_dict, load_config, stage_parser, to_dict
+from .runtime import init_ray
 from .reasoner import (CONFIG_FILE, SIZES, WEIGHTS_FILE, ReasonerConfig, ReasonerModel,
                        save_checkpoint)
 from .synthetic import TaskSpec, apply_curriculum, sample_episodes_torch

@@ -58,7 +58,7 @@ def test_bad_spec_values_are_named(tmp_path, override, needle):
 
 
 def test_cell_ids_are_content_addressed(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.embed._CPU_BF16", False)  # a CPU without native bf16: auto = float32
+    monkeypatch.setattr("pipeline.runtime._CPU_BF16", False)  # a CPU without native bf16: auto = float32
     cells = expand(_spec(tmp_path))
     assert len(cells) == 6 and len({c.cell_id for c in cells}) == 6
     c = cells[0]
@@ -77,7 +77,7 @@ def test_cell_ids_are_content_addressed(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_auto_dtype_is_resolved_per_device_into_the_cell(tmp_path, monkeypatch, native_bf16):
-    monkeypatch.setattr("pipeline.embed._CPU_BF16", native_bf16)
+    monkeypatch.setattr("pipeline.runtime._CPU_BF16", native_bf16)
     over = dict(methods="[tart,icl]", backbones="[smollm2-135m]", ks="[18]")
     explicit = {c.method: c for c in expand(_spec(tmp_path, dtype="bfloat16", **over))}
     for c in expand(_spec(tmp_path, **over)):  # CPU work: bf16 only where the CPU has it natively
@@ -92,7 +92,7 @@ def test_auto_dtype_is_resolved_per_device_into_the_cell(tmp_path, monkeypatch, 
 
 
 def test_cpu_bf16_detection_reads_the_cpu_flags(monkeypatch):
-    import pipeline.embed as E
+    import pipeline.runtime as E
 
     monkeypatch.setattr(E, "_CPU_BF16", None)
     with open("/proc/cpuinfo") as f:
