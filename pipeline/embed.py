@@ -70,6 +70,7 @@ import numpy as np
 
 from . import storage
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
+from .modality import modality_of
 from .runtime import DTYPES, device_for, init_ray, resolve_dtype
 
 FORMAT = "tart-embeddings"
@@ -537,11 +538,6 @@ def backbone_info(name: str, trust_remote_code: bool = False) -> tuple[str, str]
         return "audio", res.revision
     cfg, revision = _raw_config(res)
     return res.kind or _infer_kind(cfg), revision or res.revision
-
-
-def modality_of(kind: str) -> str:
-    """The input modality a backbone kind embeds."""
-    return {"causal": "text", "encoder": "text", "vision": "image", "audio": "audio"}[kind]
 
 
 @dataclass

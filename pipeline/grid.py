@@ -262,7 +262,7 @@ def expand(spec: GridSpec) -> list[Cell]:
                 )
         except (DatasetError, ValueError, OSError) as e:
             problems.append(f"dataset {name!r}: {e}")
-    from .embed import modality_of
+    from .modality import modality_of
 
     # Each dataset meets only the backbones of its modality (text x LMs, audio x Whisper, ...);
     # a dataset that no backbone of the grid can embed is a mistake, not a skip.
