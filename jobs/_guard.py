@@ -78,9 +78,9 @@ def run(stage: str, module: str) -> None:
     """check(), then import `module` and exit with its main()'s status (ModuleNotFoundError: exit 2)."""
     check(stage)
     try:
-        from pipeline.cli import line_buffered_output
+        from pipeline.cli import start_console
 
-        line_buffered_output()  # progress visible in `ray job logs` as it is printed
+        start_console(stage, sys.argv[1:])  # line-buffered: progress visible in `ray job logs` as it is printed
         sys.exit(importlib.import_module(module).main())
     except ModuleNotFoundError as e:  # installed but broken (a dependency of a dependency is missing)
         if (e.name or "").startswith(("pipeline.", "jobs.")):

@@ -8,6 +8,7 @@ is also what `python -m jobs.<stage>` calls for `ray job submit`.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
 STAGES = {
@@ -22,9 +23,21 @@ STAGES = {
 
 
 def usage() -> str:
-    lines = ["usage: tart <stage> [options]   (tart <stage> --help for its options)", "", "stages:"]
+    lines = ["usage: tart <stage> [options]   (tart <stage> --help for its options; tart --version)", "", "stages:"]
     lines += [f"  {name:<15} {desc}" for name, (_, desc) in STAGES.items()]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed project version (pyproject's, when run from a checkout that is not installed)."""
+    try:
+        return importlib.metadata.version("tart-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        import re
+        from pathlib import Path
+
+        text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+        return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +45,30 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
+    if argv[0] == "--version":
+        print(f"tart {version()}")
+        return 0
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
         print(f"tart: unknown stage {stage!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    line_buffered_output()
+    start_console(stage, rest)
     module = importlib.import_module(STAGES[stage][0])
     return int(module.main(rest) or 0)
+
+
+def start_console(stage: str, argv: list[str]) -> None:
+    """Set up what a stage prints (pipeline.console): our lines on stdout, the libraries' in a log file
+    under $TART_LOG_DIR (default tart_runs/logs; the grid moves it under its storage)."""
+    import os
+    import time
+
+    from . import console
+
+    line_buffered_output()
+    log_dir = os.environ.get("TART_LOG_DIR") or os.path.join("tart_runs", "logs")
+    log_file = os.path.join(log_dir, f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    console.setup(verbose="--verbose" in argv or "-v" in argv, log_file=log_file)
 
 
 def line_buffered_output() -> None:

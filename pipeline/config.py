@@ -180,7 +180,7 @@ def from_dict(cls: Type[T], data: dict) -> T:
 
 def stage_parser(prog: str, description: str, epilog: str, config_example: str,
                  overrides_example: str) -> argparse.ArgumentParser:
-    """The command line every Ray stage shares: --config, --address, --num-cpus, key=value overrides."""
+    """The command line every stage shares: --config, --address, --num-cpus, key=value overrides, --verbose, --version."""
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (e.g. {config_example})")
@@ -189,7 +189,17 @@ def stage_parser(prog: str, description: str, epilog: str, config_example: str,
     p.add_argument("--num-cpus", type=float, default=None, metavar="N",
                    help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
+    add_common_flags(p, prog)
     return p
+
+
+def add_common_flags(p: argparse.ArgumentParser, prog: str) -> None:
+    """--verbose and --version, which every `tart` stage takes (the console reads --verbose: cli.start_console)."""
+    from .cli import version
+
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's and MLflow's own log lines and progress bars here, not only in the log file")
+    p.add_argument("--version", action="version", version=f"{prog} {version()}")
 
 
 def defaults_epilog(cfg: Any, field_help: dict[str, str], examples: list[str]) -> str:

@@ -435,6 +435,8 @@ def generate(cfg: GenerateConfig, log=print) -> dict:
                 save(False)
                 last_save = time.time()
     else:
+        import ray  # only the Ray executor needs it
+
         init_ray()
         remote = _ray_remote(cfg.cpus_per_task)
         refs = {remote.remote(dcfg, i, task_uri, cfg.storage_options, i == cfg.fail_at_shard, memory): i

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import console
+
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 
 # What the README's scripts export before starting Ray; a local Ray started by `tart` gets the same.
@@ -34,15 +36,19 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Workers' stdout/stderr reach the driver only with --verbose (or in library use): their
+    # failures still come back as exceptions, and everything is in Ray's session logs.
+    quiet = {"log_to_driver": console.verbose()}
     if address:
-        ray.init(address=address, logging_level="WARNING")
-        return
-    # local workers inherit the driver's environment: make `pipeline` importable without pip install
-    root = str(Path(__file__).resolve().parents[1])
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING", **quiet)
+    else:
+        # local workers inherit the driver's environment: make `pipeline` importable without pip install
+        root = str(Path(__file__).resolve().parents[1])
+        parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in parts:
+            os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", **quiet)
+    console.route_third_party()  # Ray installs its handlers at start-up
 
 
 def device_for(gpus: float | None) -> str:

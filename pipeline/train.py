@@ -506,15 +506,19 @@ def check_data(cfg: TrainConfig, log=print) -> Optional[dict]:
 
 
 def latest_checkpoint(cfg: TrainConfig):
-    """The newest checkpoint Ray Train registered for this run (name + storage), or None."""
-    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-    from ray.train import Result
-    from ray.train.v2._internal.execution.storage import _exists_at_fs_path, get_fs_and_path
+    """The newest checkpoint Ray Train registered for this run (name + storage), or None.
 
-    fs, path = get_fs_and_path(run_path(cfg))
-    if not _exists_at_fs_path(fs, f"{path}/{CHECKPOINT_MANAGER_SNAPSHOT_FILENAME}"):
-        return None
-    return Result.from_path(run_path(cfg)).checkpoint
+    Through Ray Train's public `Result.from_path`, which raises RuntimeError for a folder
+    that holds no run yet (missing, or no checkpoint registered): that means "start fresh".
+    """
+    from ray.train import Result
+
+    try:
+        return Result.from_path(run_path(cfg)).checkpoint
+    except RuntimeError as e:
+        if "doesn't exist" in str(e):
+            return None
+        raise
 
 
 def _read_checkpoint_file(ckpt, name: str) -> bytes:

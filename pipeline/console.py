@@ -1,0 +1,225 @@
+"""What a person sees when a stage runs: our lines, one live progress display, no library noise.
+
+Library modules log through stdlib `logging` (loggers under `pipeline.`); only the CLI calls
+`setup()`, which decides where those lines and everyone else's go:
+
+- `pipeline.*` INFO and above: to stdout, one line each (what `ray job logs` and a log
+  file show: redirected output stays line-based).
+- Ray, Ray Data, Ray Train, MLflow, alembic, transformers ... (their INFO lines, known-benign
+  warnings, Ray Data's progress bars): to a log file (named at the end by `log_file_note()`),
+  unless `verbose`; their errors still reach the terminal.
+- `Progress(what, total, unit)`: on a terminal one line redrawn in place with count, rate
+  and ETA; otherwise a plain line at most every `every_s` seconds and at the end.
+
+Without `setup()` (library use, tests) nothing is configured: `Progress` writes plain lines
+through the `pipeline.progress` logger and the host application decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Optional, TextIO
+
+logger = logging.getLogger(__name__)
+
+# Loggers of the libraries we drive; their INFO lines are for a log file, not for people.
+THIRD_PARTY = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic", "sqlalchemy", "huey",
+               "urllib3", "filelock", "transformers", "httpx", "datasets", "fsspec", "py.warnings")
+
+
+class _State:
+    configured = False
+    verbose = False
+    log_file: Optional[Path] = None
+    file_handler: Optional[logging.Handler] = None
+    live: Optional["Progress"] = None  # the progress line currently drawn on the terminal
+    lock = threading.RLock()
+
+
+def is_configured() -> bool:
+    return _State.configured
+
+
+def verbose() -> bool:
+    """True when the CLI asked for everything on the terminal (`--verbose`) or none was set up."""
+    return _State.verbose or not _State.configured
+
+
+class _LineHandler(logging.StreamHandler):
+    """Writes a record as one line; a live progress line is cleared first and redrawn after."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with _State.lock:
+            live = _State.live
+            if live is not None:
+                live._clear()
+            super().emit(record)
+            if live is not None:
+                live._draw()
+
+
+def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stream: TextIO | None = None) -> None:
+    """Configure the console for a CLI run (idempotent; a later call may add the log file)."""
+    _State.verbose = verbose
+    root = logging.getLogger("pipeline")
+    if not _State.configured:
+        handler = _LineHandler(stream or sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.handlers = [handler]
+        root.setLevel(logging.INFO)
+        root.propagate = False
+        logging.captureWarnings(True)
+        _State.configured = True
+    if log_file is not None and _State.log_file != Path(log_file):
+        path = Path(log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(path, encoding="utf-8", delay=True)  # no file until a line comes
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        if _State.file_handler is not None:
+            root.removeHandler(_State.file_handler)
+            _State.file_handler.close()
+        root.addHandler(fh)  # our own lines too: the file is the whole story of the run
+        _State.log_file, _State.file_handler = path, fh
+    route_third_party()
+
+
+def route_third_party() -> None:
+    """Send the libraries' log records to the log file (errors also to stderr) unless verbose.
+
+    Libraries install their own handlers when first imported or started (MLflow on import,
+    Ray Data on import, Ray at `ray.init`), so this is called again after each of those.
+    """
+    if not _State.configured or _State.verbose:
+        return
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    errors.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    for name in THIRD_PARTY:
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in (_State.file_handler, errors) if h is not None]
+        lg.propagate = False
+    try:  # Ray Data's tqdm bars overlap our progress line; its plan INFO lines go to the file
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except ImportError:
+        pass
+
+
+def log_file_note() -> str:
+    """A line naming the log file, for the end of a run ('' when there is none)."""
+    if _State.log_file is None:
+        return ""
+    return f"library logs (Ray, MLflow): {_State.log_file}" + ("" if not _State.verbose else " (also shown above)")
+
+
+def _fmt_s(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Progress:
+    """A progress display for `total` units of `what` (e.g. Progress("cells", 108, "cells")).
+
+    `advance(n, note)` after each unit (or batch of units); `fail(n, note)` for failed ones;
+    `close()` at the end prints the final line. On a terminal the line is redrawn in place;
+    otherwise a line is written at most every `every_s` seconds (and at the end).
+    """
+
+    def __init__(self, what: str, total: int, unit: str = "", every_s: float = 30.0,
+                 stream: TextIO | None = None):
+        self.what, self.total, self.unit, self.every_s = what, int(total), unit, every_s
+        self.done = self.failed = 0
+        self.note = ""
+        self.t0 = self._last = time.time()
+        self.stream = stream or sys.stdout
+        self.live = _State.configured and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._width = 0
+        if self.live:
+            with _State.lock:
+                _State.live = self
+                self._draw()
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def line(self) -> str:
+        n = self.done + self.failed
+        el = self.elapsed
+        eta = el / n * (self.total - n) if n else float("nan")
+        failed = f", {self.failed} failed" if self.failed else ""
+        unit = f" {self.unit}" if self.unit else ""
+        text = f"[{self.what}] {n}/{self.total}{unit}{failed}, {_fmt_s(el)} elapsed, ETA {_fmt_s(eta)}"
+        return f"{text}  {self.note}" if self.note else text
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self._step(n, 0, note)
+
+    def fail(self, n: int = 1, note: str = "") -> None:
+        self._step(0, n, note)
+        if note:
+            logger.warning(f"[{self.what}] {note}")
+
+    def _step(self, ok: int, bad: int, note: str) -> None:
+        with _State.lock:
+            self.done += ok
+            self.failed += bad
+            if note:
+                self.note = note
+            if self.live:
+                self._clear()
+                self._draw()
+            elif time.time() - self._last >= self.every_s or self.done + self.failed >= self.total:
+                self._last = time.time()
+                self._emit_line()
+
+    def close(self) -> None:
+        with _State.lock:
+            if self.live:
+                self._clear()
+                if _State.live is self:
+                    _State.live = None
+                self.live = False
+            if self.done + self.failed < self.total or self._last == self.t0:
+                self._emit_line()
+
+    def _emit_line(self) -> None:
+        logging.getLogger("pipeline.progress").info(self.line())
+
+    def _draw(self) -> None:
+        text = self.line()
+        cols = _columns()
+        if len(text) > cols - 1:
+            text = text[: cols - 2] + "…"
+        self.stream.write("\r" + text)
+        self.stream.flush()
+        self._width = len(text)
+
+    def _clear(self) -> None:
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 160
