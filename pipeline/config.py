@@ -44,14 +44,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:  # try the next member of the union
-                errors.append(str(e))
+            except ConfigError:  # try the next member of the union
+                continue
         raise ConfigError(f"{where}: {value!r} matches none of {tp}")
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
@@ -179,15 +178,16 @@ def from_dict(cls: Type[T], data: dict) -> T:
 
 
 def stage_parser(prog: str, description: str, epilog: str, config_example: str,
-                 overrides_example: str) -> argparse.ArgumentParser:
+                 overrides_example: str, ray: bool = True) -> argparse.ArgumentParser:
     """The command line every stage shares: --config, --address, --num-cpus, key=value overrides, --verbose, --version."""
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (e.g. {config_example})")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
-    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
-                   help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
+    if ray:  # a stage that runs on Ray
+        p.add_argument("--address", default=None, metavar="ADDR",
+                       help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local Ray")
+        p.add_argument("--num-cpus", type=float, default=None, metavar="N",
+                       help="logical CPUs of a locally started Ray (default: all cores); ignored with --address")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {overrides_example}")
     add_common_flags(p, prog)
     return p

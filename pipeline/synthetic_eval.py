@@ -8,14 +8,16 @@ classifier that knows w (predicts 1 iff x . w > 0). Accuracy is against the samp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from .reasoner import Reasoner, load_reasoner
+from .config import ConfigError, defaults_epilog, load_config, stage_parser
+from .reasoner import Reasoner, ReasonerError, load_reasoner
 from .synthetic import TaskSpec, sample_episodes_np
 
 
@@ -65,21 +67,52 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Evaluate a reasoner on held-out synthetic episodes.")
-    ap.add_argument("--checkpoint", default=None, help="checkpoint dir (default: the shipped reasoner)")
-    ap.add_argument("--ks", default="18,32,64,128")
-    ap.add_argument("--episodes", type=int, default=500)
-    ap.add_argument("--queries", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", default=None, help="write results here too")
-    a = ap.parse_args(argv)
-    r = load_reasoner(a.checkpoint, device=a.device)
-    res = evaluate(r, [int(k) for k in a.ks.split(",")], a.episodes, a.queries, a.seed)
+@dataclass
+class SyntheticEvalConfig:
+    checkpoint: Optional[str] = None  # checkpoint dir; null: the shipped reasoner
+    ks: list[int] = field(default_factory=lambda: [18, 32, 64, 128])
+    episodes: int = 500
+    queries: int = 32
+    seed: int = 12345
+    device: str = "cpu"
+    json: Optional[str] = None  # also write the results here
+
+    def validate(self) -> None:
+        if not self.ks or any(k < 2 for k in self.ks):
+            raise ConfigError(f"ks={self.ks}: expected a non-empty list of k >= 2")
+        if self.episodes < 1 or self.queries < 1:
+            raise ConfigError(f"episodes={self.episodes}, queries={self.queries}: expected >= 1")
+
+
+FIELD_HELP = {
+    "checkpoint": "reasoner checkpoint dir (null: the shipped reasoner)",
+    "ks": "context sizes, e.g. ks=[18,32,64]",
+    "episodes": "fresh episodes per k",
+    "queries": "queries per episode",
+    "seed": "episodes are drawn from this seed",
+    "device": "cpu | cuda",
+    "json": "also write the results to this JSON file",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = stage_parser("tart eval-synthetic", "Score a reasoner on held-out synthetic episodes next to logistic "
+                     "regression and the Bayes classifier.",
+                     defaults_epilog(SyntheticEvalConfig(), FIELD_HELP,
+                                     ["  tart eval-synthetic episodes=500 queries=32",
+                                      "  tart eval-synthetic checkpoint=tart_runs/train/default/final ks=[18,64]"]),
+                     "eval.yaml", "episodes=500 ks=[18,32]", ray=False)
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(SyntheticEvalConfig, a.config, a.overrides)
+        r = load_reasoner(cfg.checkpoint, device=cfg.device)
+    except (ConfigError, ReasonerError, OSError) as e:
+        print(f"tart eval-synthetic: error: {e}", file=sys.stderr)
+        return 2
+    res = evaluate(r, cfg.ks, cfg.episodes, cfg.queries, cfg.seed)
     print(format_table(res))
-    if a.json:
-        with open(a.json, "w") as f:
+    if cfg.json:
+        with open(cfg.json, "w") as f:
             json.dump({str(k): v for k, v in res.items()}, f, indent=2)
     return 0
 

@@ -1,6 +1,6 @@
 """Stage 2: train the reasoner on synthetic episodes.
 
-One training loop (`train_loop`) serves three launchers:
+One training loop (`train_loop`) serves two launchers:
 - `train(cfg)`: Ray Train TorchTrainer (DDP over CPU workers with gloo or GPUs with
   nccl), checkpoints reported through `ray.train.report`, resume via
   `ray.train.get_checkpoint()`, retries via FailureConfig;
