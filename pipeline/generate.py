@@ -491,17 +491,42 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> dict:
     return man
 
 
-def _read_shard(fs, base: str, uri: str, rec: dict, man: dict, verify: bool) -> pa.Table:
+def shard_records(man: dict, uri: str) -> list[dict]:
+    """The manifest's shard records in shard order; ShardError unless they cover 0..S-1."""
+    recs = sorted(man.get("shards", []), key=lambda r: r["index"])
+    if [r["index"] for r in recs] != list(range(man["num_shards"])):
+        raise ShardError(f"{uri}/{MANIFEST}: shard list does not cover 0..{man['num_shards'] - 1}")
+    return recs
+
+
+def check_shard_file(fs, base: str, uri: str, rec: dict, verify: bool, data: bytes | None = None) -> bytes | None:
+    """Check one shard file against its manifest record: present, same size, and (verify) same sha256.
+
+    Reads the file only when it must (verify, or `data` given); returns the bytes it read.
+    ShardError names the file and what differs.
+    """
     where = f"{uri}/{rec['name']}"
     path = storage.join(base, rec["name"])
     try:
-        data = storage.read_bytes(fs, path)
+        if data is None and verify:
+            data = storage.read_bytes(fs, path)
+        size = len(data) if data is not None else fs.size(path)
     except FileNotFoundError:
         raise ShardError(f"{where}: missing (listed in the manifest with {rec['rows']} rows)") from None
-    if len(data) != rec["bytes"]:
-        raise ShardError(f"{where}: {len(data)} bytes, the manifest expects {rec['bytes']} (truncated or replaced)")
+    if size != rec["bytes"]:
+        raise ShardError(f"{where}: {size} bytes, the manifest expects {rec['bytes']} (truncated or replaced)")
     if verify and storage.sha256_bytes(data) != rec["sha256"]:
         raise ShardError(f"{where}: sha256 differs from the manifest's {rec['sha256'][:16]}... (corrupt or replaced)")
+    return data
+
+
+def _read_shard(fs, base: str, uri: str, rec: dict, man: dict, verify: bool) -> pa.Table:
+    where = f"{uri}/{rec['name']}"
+    try:
+        data = storage.read_bytes(fs, storage.join(base, rec["name"]))
+    except FileNotFoundError:
+        raise ShardError(f"{where}: missing (listed in the manifest with {rec['rows']} rows)") from None
+    check_shard_file(fs, base, uri, rec, verify, data)
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowException, OSError) as e:
@@ -544,10 +569,7 @@ def iter_shards(uri: str, verify: bool = True, storage_options: dict | None = No
     man = read_manifest(uri, storage_options)
     fs, base = storage.resolve(uri, storage_options)
     spec = TaskSpec(**man["task"])
-    recs = sorted(man["shards"], key=lambda r: r["index"])
-    if [r["index"] for r in recs] != list(range(man["num_shards"])):
-        raise ShardError(f"{uri}/{MANIFEST}: shard list does not cover 0..{man['num_shards'] - 1}")
-    for rec in recs:
+    for rec in shard_records(man, uri):
         yield rec, _table_to_episodes(_read_shard(fs, base, uri, rec, man, verify), spec)
 
 

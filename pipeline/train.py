@@ -472,7 +472,7 @@ def check_data(cfg: TrainConfig, log=print) -> Optional[dict]:
     if cfg.data == "online":
         return None
     from . import storage
-    from .generate import ShardError, read_manifest
+    from .generate import check_shard_file, read_manifest, shard_records
 
     man = read_manifest(cfg.data)  # ShardError: missing / foreign / incomplete
     fs, base = storage.resolve(cfg.data)
@@ -482,24 +482,13 @@ def check_data(cfg: TrainConfig, log=print) -> Optional[dict]:
             f"shards at {cfg.data} have d={task['d']}, points={task['points']}; the model takes "
             f"d<={cfg.model.d}, points<={cfg.model.max_points} (set model.d / model.max_points)"
         )
-    recs = sorted(man.get("shards", []), key=lambda r: r["index"])
-    if [r["index"] for r in recs] != list(range(man["num_shards"])):
-        raise ShardError(f"{cfg.data}/_manifest.json: shard list does not cover 0..{man['num_shards'] - 1}")
+    recs = shard_records(man, cfg.data)
     if sum(r["rows"] for r in recs) < cfg.batch_size:
         raise ConfigError(f"shards at {cfg.data} hold {sum(r['rows'] for r in recs)} episodes, fewer than one "
                           f"batch (batch_size={cfg.batch_size})")
     t0 = time.time()
     for rec in recs:
-        path = storage.join(base, rec["name"])
-        try:
-            size = fs.size(path)
-        except FileNotFoundError:
-            raise ShardError(f"{cfg.data}/{rec['name']}: missing (listed in the manifest)") from None
-        if size != rec["bytes"]:
-            raise ShardError(f"{cfg.data}/{rec['name']}: {size} bytes, the manifest expects {rec['bytes']} "
-                             "(truncated or replaced)")
-        if cfg.verify_data and storage.sha256_bytes(storage.read_bytes(fs, path)) != rec["sha256"]:
-            raise ShardError(f"{cfg.data}/{rec['name']}: sha256 differs from the manifest (corrupt or replaced)")
+        check_shard_file(fs, base, cfg.data, rec, cfg.verify_data)
     log(f"[train] data {cfg.data}: {man['episodes']} episodes in {len(recs)} shards, d={task['d']}, "
         f"points={task['points']} ({'verified' if cfg.verify_data else 'sizes checked'} in {time.time() - t0:.1f}s)")
     return man
