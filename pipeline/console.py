@@ -28,7 +28,7 @@ from typing import Optional, TextIO
 logger = logging.getLogger(__name__)
 
 # Loggers of the libraries we drive; their INFO lines are for a log file, not for people.
-THIRD_PARTY = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic", "sqlalchemy", "huey",
+THIRD_PARTY = ("ray", "ray.native", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow", "alembic", "sqlalchemy", "huey",
                "urllib3", "filelock", "transformers", "httpx", "datasets", "fsspec", "py.warnings")
 
 
@@ -38,6 +38,7 @@ class _State:
     log_file: Optional[Path] = None
     file_handler: Optional[logging.Handler] = None
     live: Optional["Progress"] = None  # the progress line currently drawn on the terminal
+    native_filter = False
     lock = threading.RLock()
 
 
@@ -50,17 +51,28 @@ def verbose() -> bool:
     return _State.verbose or not _State.configured
 
 
-class _LineHandler(logging.StreamHandler):
-    """Writes a record as one line; a live progress line is cleared first and redrawn after."""
+class _LineHandler(logging.Handler):
+    """Writes a record as one line to the current sys.stdout (or `stream`); a live progress line
+    is cleared first and redrawn after."""
+
+    def __init__(self, stream: TextIO | None = None):
+        super().__init__()
+        self.stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
-        with _State.lock:
-            live = _State.live
-            if live is not None:
-                live._clear()
-            super().emit(record)
-            if live is not None:
-                live._draw()
+        try:
+            text = self.format(record)
+            with _State.lock:
+                live = _State.live
+                if live is not None:
+                    live._clear()
+                out = self.stream or sys.stdout
+                out.write(text + "\n")
+                out.flush()
+                if live is not None:
+                    live._draw()
+        except Exception:  # noqa: BLE001 - logging must never take the run down
+            self.handleError(record)
 
 
 def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stream: TextIO | None = None) -> None:
@@ -68,7 +80,7 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
     _State.verbose = verbose
     root = logging.getLogger("pipeline")
     if not _State.configured:
-        handler = _LineHandler(stream or sys.stdout)
+        handler = _LineHandler(stream)
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.handlers = [handler]
         root.setLevel(logging.INFO)
@@ -80,12 +92,49 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8", delay=True)  # no file until a line comes
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setLevel(logging.INFO)  # Ray Data logs at DEBUG by default: megabytes of scheduler state
         if _State.file_handler is not None:
             root.removeHandler(_State.file_handler)
             _State.file_handler.close()
         root.addHandler(fh)  # our own lines too: the file is the whole story of the run
         _State.log_file, _State.file_handler = path, fh
     route_third_party()
+    if not verbose and sys.stderr.isatty():
+        _filter_native_stderr()
+
+
+# Lines Ray's C++ core prints straight to file descriptor 2 (not through Python logging) that say
+# nothing a user can act on. Ray Data passes every actor pool's constructor through the object
+# store and keeps actor restarts on (our fault tolerance), so Ray warns about it on every pool.
+BENIGN_NATIVE = ("has constructor arguments in the object store and max_restarts > 0",)
+
+
+def _filter_native_stderr() -> None:
+    """On a terminal, route known-benign native lines on fd 2 to the log file; pass the rest through.
+
+    Python's own sys.stderr is pointed at the real terminal first, so tracebacks never depend
+    on the filter thread; only what C/C++ code writes to fd 2 goes through the pipe.
+    """
+    if _State.native_filter:
+        return
+    real = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    sys.stderr = open(real, "w", buffering=1, closefd=False, errors="backslashreplace")
+    native = logging.getLogger("ray.native")
+
+    def pump() -> None:
+        with open(r, "rb", buffering=0) as pipe:
+            for raw in iter(pipe.readline, b""):
+                line = raw.decode(errors="backslashreplace").rstrip("\n")
+                if any(p in line for p in BENIGN_NATIVE):
+                    native.warning(line)
+                else:
+                    os.write(real, raw)
+
+    threading.Thread(target=pump, name="tart-native-stderr", daemon=True).start()
+    _State.native_filter = True
 
 
 def route_third_party() -> None:
