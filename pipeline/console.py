@@ -269,6 +269,7 @@ class Progress:
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size().columns
+        cols = os.get_terminal_size().columns
     except OSError:
         return 160
+    return cols if cols >= 20 else 160  # a pseudo-terminal without a size says 0

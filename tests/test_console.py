@@ -1,0 +1,94 @@
+"""pipeline.console: our lines on stdout, the libraries' in the log file, a progress line with ETA.
+
+Each case runs in a subprocess: `console.setup` configures process-wide logging, as the CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(300)
+
+
+def _run(code: str, *args: str, tty: bool = False) -> subprocess.CompletedProcess:
+    """Run `code`; stdout/stderr as text, with carriage returns kept (they are what a terminal redraws)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    cmd = [sys.executable, "-c", textwrap.dedent(code), *args]
+    if tty:  # a real pseudo-terminal, as a person's shell gives
+        cmd = ["script", "-qec", " ".join(f"'{c}'" for c in cmd), "/dev/null"]
+    r = subprocess.run(cmd, env=env, capture_output=True, timeout=240, cwd=ROOT)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
+
+
+ROUTING = """
+import logging, sys
+from pipeline import console
+console.setup(verbose=sys.argv[2] == "1", log_file=sys.argv[1])
+import mlflow  # installs its own handlers on import: they must not reach the terminal either
+console.route_third_party()
+logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+logging.getLogger("ray.data").info("Execution plan: InputDataBuffer -> MapBatches")
+logging.getLogger("alembic.runtime.migration").warning("Running upgrade")
+logging.getLogger("ray.data").error("an actor died")
+logging.getLogger("pipeline.grid").info("[grid] 4 cells to run")
+print(console.log_file_note())
+"""
+
+
+def test_library_lines_go_to_the_log_file_ours_to_stdout(tmp_path):
+    log = tmp_path / "logs" / "run.log"
+    r = _run(ROUTING, str(log), "0")
+    assert r.returncode == 0, r.stderr
+    assert "[grid] 4 cells to run" in r.stdout
+    for noise in ("Creating initial MLflow", "Execution plan", "Running upgrade"):
+        assert noise not in r.stdout and noise not in r.stderr, noise
+    assert "an actor died" in r.stderr  # errors still reach the terminal
+    text = log.read_text()
+    for line in ("Creating initial MLflow", "Execution plan", "Running upgrade", "an actor died", "[grid] 4 cells"):
+        assert line in text, line
+    assert f"library logs (Ray, MLflow): {log}" in r.stdout
+
+
+def test_verbose_shows_the_library_lines(tmp_path):
+    r = _run(ROUTING, str(tmp_path / "run.log"), "1")
+    assert r.returncode == 0, r.stderr
+    assert "Creating initial MLflow" in r.stdout + r.stderr and "Running upgrade" in r.stdout + r.stderr
+
+
+PROGRESS = """
+import logging, time
+from pipeline import console
+console.setup()
+p = console.Progress("cells", 4, "cells", every_s=0)
+for i in range(4):
+    time.sleep(0.05)
+    p.advance(note=f"cell {i} acc=0.9")
+    logging.getLogger("pipeline.grid").info(f"line {i}")
+p.close()
+"""
+
+
+def test_progress_is_line_based_when_redirected():
+    r = _run(PROGRESS)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "\r" not in r.stdout
+    assert [ln for ln in lines if ln.startswith("[cells] ")][-1].startswith("[cells] 4/4 cells, ")
+    assert "ETA" in lines[0] and "cell 0 acc=0.9" in lines[0]
+    assert [ln for ln in lines if ln.startswith("line ")] == [f"line {i}" for i in range(4)]
+
+
+def test_progress_redraws_one_line_on_a_terminal():
+    r = _run(PROGRESS, tty=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "\r[cells] 1/4 cells" in out and "\r[cells] 4/4 cells" in out  # redrawn in place
+    for i in range(4):  # log lines still come out whole, between redraws (the pty writes \r\n)
+        assert f"line {i}\r\n" in out
