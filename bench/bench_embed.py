@@ -74,7 +74,7 @@ def main() -> int:
     t = time.perf_counter()
     bb = load_backbone(args.backbone)
     load_s = time.perf_counter() - t
-    plan = E._plan(E.EmbedConfig(**base))
+    plan = E.make_plan(E.EmbedConfig(**base))
     ex = plan.examples["train"]
     texts = [ex.texts[i] for i in np.argsort([-len(x) for x in ex.texts], kind="stable")]
     bb.embed_texts(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up (allocator, kernels)

@@ -9,9 +9,10 @@ PCA + whitening on them (`pipeline.methods.fit_whitening`) and keeps them as the
 reasoner's context. `predict_proba` embeds the queries, whitens them with the same
 map and answers all of them in one batched reasoner call.
 
-Inputs: texts (list of str) for text backbones, images (list / array of HxW[xC]) for
-vision backbones, or — with `backbone=None` — a numeric array (n, dim) of precomputed
-embeddings. `backbone` may also be an already loaded `Backbone` object (shared,
+Inputs: those of the backbone's modality (`pipeline.modality`): texts (list of str) for
+text backbones, images (list / array of HxW[xC]) for vision backbones, 16 kHz mono float
+clips for audio backbones, or — with `backbone=None` — a numeric array (n, dim) of
+precomputed embeddings. `backbone` may also be an already loaded `Backbone` object (shared,
 not reloaded). Labels: any two distinct values (str, int, bool, ...); `classes_` is
 their sorted array (as in scikit-learn) and classes_[1] is the "positive" class the
 reasoner sees as y=1. One class only, three or more classes, k <= d or k above the
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening
+from pipeline.modality import BACKBONE_KIND_MODALITY, adapter
 
 try:  # scikit-learn gives get_params/set_params/clone and `score` (accuracy)
     from sklearn.base import BaseEstimator, ClassifierMixin
@@ -94,16 +96,13 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
         items = list(X) if not isinstance(X, np.ndarray) else X
         if len(items) == 0:
             return np.zeros((0, bb.dim))
-        first = items[0]
-        if isinstance(first, str):
-            return np.asarray(bb.embed_texts(list(items), batch_size=self.embed_batch_size), dtype=np.float64)
         kind = getattr(bb, "kind", "")
-        if kind == "vision":
-            return np.asarray(bb.embed_images(items, batch_size=self.embed_batch_size), dtype=np.float64)
-        if kind == "audio":
-            return np.asarray(bb.embed_audio(items), dtype=np.float64)
-        raise MethodError(f"backbone {getattr(bb, 'name', bb)!r} ({kind}) cannot embed inputs of type "
-                          f"{type(first).__name__}; texts go to text backbones, images to vision ones")
+        inputs = adapter(BACKBONE_KIND_MODALITY[kind]) if kind in BACKBONE_KIND_MODALITY else None
+        if inputs is None or not inputs.accepts(items[0]):
+            raise MethodError(f"backbone {getattr(bb, 'name', bb)!r} ({kind}) cannot embed inputs of type "
+                              f"{type(items[0]).__name__}; texts go to text backbones, images to vision ones, "
+                              f"audio clips to audio ones")
+        return np.asarray(inputs.embed(bb, items, self.embed_batch_size), dtype=np.float64)
 
     # ------------------------------------------------------------------ sklearn API
 

@@ -98,6 +98,8 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
             _State.file_handler.close()
         root.addHandler(fh)  # our own lines too: the file is the whole story of the run
         _State.log_file, _State.file_handler = path, fh
+    if not verbose:  # transformers' "Loading weights" bars (read at its import; Ray workers inherit it)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     route_third_party()
     if not verbose and sys.stderr.isatty():
         _filter_native_stderr()

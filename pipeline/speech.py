@@ -20,6 +20,7 @@ cache key holds the loader's version and this module's SYNTH_VERSION.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.metadata
 import json
 import threading
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .backbones import materialise
 
 SYNTH_VERSION = 1
 SAMPLING_RATE = 16000
@@ -151,8 +154,6 @@ def synthesise(text: str, r: Rendition) -> np.ndarray:
 
 def word_clips(word: str, cache_dir: Path) -> tuple[list[str], list[np.ndarray]]:
     """(rendition ids, clips) of every rendition of `word`, synthesised once and cached."""
-    from .backbones import materialise
-
     final = cache_dir / f"spoken-v{SYNTH_VERSION}-espeakng-{loader_version()}" / word
 
     def build(tmp: Path) -> dict:
@@ -177,8 +178,6 @@ def word_clips(word: str, cache_dir: Path) -> tuple[list[str], list[np.ndarray]]
 def with_noise(clip: np.ndarray, clip_id: str, snr_db: tuple[float, float] = NOISE_SNR_DB) -> np.ndarray:
     """`clip` plus white noise at an SNR drawn from `snr_db`; the draw is seeded by `clip_id`,
     so the same clip always gets the same noise."""
-    import hashlib
-
     seed = int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
     snr = rng.uniform(*snr_db)

@@ -165,7 +165,7 @@ def test_smollm2_conversion_from_scratch_matches_cache(smollm, tmp_path, monkeyp
     for (k, a), (k2, b) in zip(sorted(fresh.model.state_dict().items()), sorted(smollm.model.state_dict().items())):
         assert k == k2 and bool((a == b).all()), k
     assert [p.name for p in (tmp_path / "backbones").iterdir() if not p.name.endswith(".lock")] == [
-        B._smollm2_folder().name]
+        B.REGISTRY["smollm2-135m"].folder().name]
 
 
 def test_load_causal_lm_refuses_encoder():
@@ -258,7 +258,7 @@ def test_unknown_backbone_lists_known_names():
 def _copy_minilm(tmp_path, **config_extra):
     import shutil
 
-    src = B._minilm_folder()
+    src = B.REGISTRY["minilm-l6"].folder()
     dst = tmp_path / "model"
     dst.mkdir()
     for p in src.iterdir():

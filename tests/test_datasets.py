@@ -207,6 +207,23 @@ def test_binary_int_labels_need_no_positive_class(tmp_path):
     assert ex.class_counts() == {0: 10, 1: 10} and ex.label_names == ("negative", "positive")
 
 
+def test_local_audio_file_reads_variable_length_clips_from_audio_field(tmp_path):
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (1600, 800, 2400, 1200) * 5]
+    path = str(tmp_path / "clips.parquet")
+    pd.DataFrame({"wave": [c.tolist() for c in clips], "label": [i % 2 for i in range(20)]}).to_parquet(path)
+    ex = load_examples(path, "all", modality="audio", audio_field="wave")
+    assert ex.modality == "audio" and ex.texts is None and ex.images is None and len(ex) == 20
+    by_id = dict(zip(ex.ids, ex.audios))
+    assert all(by_id[f"clips.parquet:{i}"].dtype == np.float32 and np.array_equal(by_id[f"clips.parquet:{i}"], c)
+               for i, c in enumerate(clips))
+    with pytest.raises(DatasetError, match=r"audio column 'audio' not found.*\(set audio_field=\.\.\.\)"):
+        load_examples(path, "all", modality="audio")
+    # a field added later enters the spec digest only when set: every existing digest is kept
+    assert load_dataset_spec(path, modality="audio").digest() != load_dataset_spec(path, modality="audio",
+                                                                                   audio_field="wave").digest()
+
+
 def test_local_folder_goes_through_hf_datasets_with_class_names(tmp_path):
     import datasets as hfd
 

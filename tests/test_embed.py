@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import backbones, storage
 from pipeline import embed as E
 from pipeline.backbones import BackboneError, load_backbone
+from pipeline.config import ConfigError
 from pipeline.datasets import DatasetError, load_examples
 from pipeline.prompts import PromptTooLongError, build_prompt, tokenize_prompt
 
@@ -165,7 +167,7 @@ def test_other_pooling_or_revision_is_not_reused(tmp_path, monkeypatch):
     assert not np.allclose(last.X, base.X)
 
     real = E.backbone_info
-    monkeypatch.setattr(E, "backbone_info", lambda name: (real(name)[0], "other-revision"))
+    monkeypatch.setattr(backbones, "backbone_info", lambda name: (real(name)[0], "other-revision"))
     monkeypatch.setattr(E.BackboneEmbedder, "__init__", _init_without_revision_check)
     other = E.embed(cfg(tmp_path), log=quiet)
     assert other.computed == 1 and other.entries[0]["key_hash"] != base.entries[0]["key_hash"]
@@ -177,7 +179,7 @@ def test_other_pooling_or_revision_is_not_reused(tmp_path, monkeypatch):
     m = json.loads((entry / E.MANIFEST).read_text())
     m["key"]["pooling"] = "last"
     (entry / E.MANIFEST).write_text(json.dumps(m))
-    monkeypatch.setattr(E, "backbone_info", real)
+    monkeypatch.setattr(backbones, "backbone_info", real)
     assert E.embed(cfg(tmp_path), log=quiet).computed == 1
 
 
@@ -189,10 +191,12 @@ def _init_without_revision_check(self, *a, **kw):
     _orig_init(self, *a, **kw)
 
 
-def test_get_embeddings_library_and_limit(tmp_path):
+def test_get_embeddings_library_and_limit(tmp_path, caplog):
+    caplog.set_level("INFO", logger="pipeline.embed")
     t = E.get_embeddings("sms_spam", "test", "minilm-l6", dataset_options=SMS40, cache_uri=str(tmp_path),
                          executor="local", limit=12, batch_size=8)
     assert len(t.ids) == 12 and t.X.shape == (12, 384) and t.X.dtype == np.float32
+    assert "embed: 1 entr(ies), 1 computed" in caplog.text  # library progress goes through logging
     assert set(np.unique(t.labels)) <= {0, 1}
     assert E.get_embeddings("sms_spam", "test", "minilm-l6", dataset_options=SMS40, cache_uri=str(tmp_path),
                             executor="local", limit=12, batch_size=8).computed == 0
@@ -206,7 +210,7 @@ def _no_work(monkeypatch):
         raise AssertionError("model work started before input validation")
 
     monkeypatch.setattr(E.BackboneEmbedder, "__init__", boom)
-    monkeypatch.setattr(E, "stream_ray", boom)
+    monkeypatch.setattr(E.stream, "stream_ray", boom)
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch):
@@ -221,7 +225,7 @@ def test_bad_inputs_fail_before_any_work(tmp_path, monkeypatch):
         E.embed(cfg(tmp_path, dataset=str(f), dataset_options={}), log=quiet)
     with pytest.raises(E.EmbedError, match="needs a causal LM"):
         E.embed(cfg(tmp_path, protocol="vanilla", splits=["test"], ks=[4]), log=quiet)
-    with pytest.raises(E.ConfigError, match="protocol"):
+    with pytest.raises(ConfigError, match="protocol"):
         E.embed(cfg(tmp_path, protocol="bogus"), log=quiet)
     assert not any(p.is_dir() for p in tmp_path.iterdir())  # no cache entry was started
     assert E.main([f"cache_uri={tmp_path}", "backbone=nope", "executor=local"]) == 2
@@ -377,7 +381,7 @@ def test_concurrent_writers_of_one_entry_both_succeed_and_leave_one_verified_ent
         np.testing.assert_array_equal(X, Xs[man["writer"]])
         for rec in man["files"]:
             data = (tmp_path / "c" / h / rec["name"]).read_bytes()
-            assert E.storage.sha256_bytes(data) == rec["sha256"]
+            assert storage.sha256_bytes(data) == rec["sha256"]
         names = {p.name for p in (tmp_path / "c" / h).iterdir()}
         assert not [n for n in names if n.startswith("_tmp-")], names
         # besides the committed parts, at most the other attempt's (when both committed, the last
@@ -389,7 +393,7 @@ def test_concurrent_writers_of_one_entry_both_succeed_and_leave_one_verified_ent
     h = "l" * 20
     before = {rec["name"] for rec in cache.write(h, key, ids, labels, Xs[1], 7, {"writer": 1})["files"]}
     entry = tmp_path / "c" / h
-    host = E._host_tag()
+    host = E.cache.host_tag()
     dead, live, stale = (f"part-00000-{host}-{_exited_pid()}-abcdef.parquet",
                          f"part-00000-{host}-{os.getppid()}-abcdef.parquet", f"_tmp-0123-part-00000-{host}-1-beef.parquet")
     for n in (dead, live, stale):

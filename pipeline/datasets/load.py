@@ -1,0 +1,220 @@
+"""From a name to `Examples`: resolve the spec, read the source, binarise, split, subsample."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from ..modality import MODALITIES, InputError, adapter
+from .builtin import BUILTINS, known_datasets
+from .sources import read_file, read_hf
+from .spec import SPEC_FIELDS, SPLITS, DatasetError, DatasetSpec, Examples, Raw
+
+FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
+
+
+def _is_file_source(name: str) -> bool:
+    return name.lower().endswith(FILE_SUFFIXES) or os.path.exists(name)
+
+
+def _looks_like_hf_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/"))
+
+
+def load_dataset_spec(name: str | DatasetSpec, **opts: Any) -> DatasetSpec:
+    """Resolve a registry name, HF id (`owner/name`) or local file to a checked `DatasetSpec`.
+
+    Options override the built-in defaults; an unknown option or name is an error. For a
+    built-in pair task (digits, mnist, spoken_digits) passing `positive_class` alone gives one-vs-rest.
+    """
+    if isinstance(name, DatasetSpec):
+        return dataclasses.replace(name, **opts) if opts else name
+    unknown = sorted(set(opts) - SPEC_FIELDS)
+    if unknown:
+        raise DatasetError(f"unknown dataset option(s) {', '.join(unknown)}; known: {', '.join(sorted(SPEC_FIELDS))}")
+    if name in BUILTINS:
+        b = BUILTINS[name]
+        base = dict(b.defaults)
+        if "positive_class" in opts and "negative_class" not in opts and b.pair_task:
+            base.pop("negative_class", None)  # one-vs-rest
+            base.pop("label_names", None)
+        base.update(opts)
+        spec = DatasetSpec(name=name, source="builtin", modality=b.modality, **base)
+    elif os.path.isdir(name):  # a local folder of train/test files: `datasets` infers the splits
+        spec = DatasetSpec(name=str(name), source="hf", **opts)
+    elif _is_file_source(name):
+        if not os.path.isfile(name):
+            raise DatasetError(f"dataset file {name} does not exist")
+        spec = DatasetSpec(name=str(name), source="file", **opts)
+    elif _looks_like_hf_id(name) or opts.get("config_name"):
+        spec = DatasetSpec(name=name, source="hf", **opts)
+    else:
+        raise DatasetError(
+            f"unknown dataset {name!r}; known: {', '.join(known_datasets())} "
+            f"(or an HF dataset id like owner/name, or a local {'/'.join(FILE_SUFFIXES)} file)"
+        )
+    _validate_spec(spec)
+    return spec
+
+
+def _validate_spec(spec: DatasetSpec) -> None:
+    if spec.modality not in MODALITIES:
+        raise DatasetError(f"modality {spec.modality!r}: expected one of {', '.join(MODALITIES)}")
+    if not 0.0 < spec.test_fraction < 1.0:
+        raise DatasetError(f"test_fraction={spec.test_fraction}: expected a number strictly between 0 and 1")
+    if spec.test_size is not None and (spec.test_size < 2 or spec.test_size % 2):
+        raise DatasetError(f"test_size={spec.test_size}: expected an even number >= 2 (half per class)")
+    if spec.train_size is not None and (spec.train_size < 2 or spec.train_size % 2):
+        raise DatasetError(f"train_size={spec.train_size}: expected an even number >= 2 (half per class)")
+    if spec.label_names is not None:
+        names = tuple(spec.label_names)
+        if len(names) != 2 or not all(isinstance(n, str) and n.strip() for n in names) or names[0] == names[1]:
+            raise DatasetError(f"label_names={spec.label_names!r}: expected two different non-empty words")
+    if spec.negative_class is not None and spec.positive_class is None:
+        raise DatasetError("negative_class needs positive_class as well")
+    if spec.positive_class is not None and spec.positive_class == spec.negative_class:
+        raise DatasetError(f"positive_class and negative_class are both {spec.positive_class!r}")
+
+
+def _match(value: Any, target: Any, class_names: list[str] | None) -> bool:
+    if value == target:
+        return True
+    if class_names and isinstance(value, (int, np.integer)) and 0 <= int(value) < len(class_names):
+        return class_names[int(value)] == target  # target given by name of an integer class
+    return str(value) == str(target)
+
+
+def _binarise(raw: Raw, spec: DatasetSpec, where: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
+    """-> (labels 0/1, row mask of kept rows, label names)."""
+    values = raw.raw_labels
+    distinct = sorted({str(v) for v in values})
+    if spec.positive_class is not None:
+        pos = np.array([_match(v, spec.positive_class, raw.class_names) for v in values], dtype=bool)
+        if not pos.any():
+            raise DatasetError(
+                f"{where}: positive_class={spec.positive_class!r} matches no label in column "
+                f"{spec.label_field!r}; values: {', '.join(distinct[:20])}"
+            )
+        if spec.negative_class is not None:
+            neg = np.array([_match(v, spec.negative_class, raw.class_names) for v in values], dtype=bool)
+            if not neg.any():
+                raise DatasetError(
+                    f"{where}: negative_class={spec.negative_class!r} matches no label in column "
+                    f"{spec.label_field!r}; values: {', '.join(distinct[:20])}"
+                )
+            keep = pos | neg
+        else:
+            keep = np.ones(len(values), dtype=bool)
+        labels = pos.astype(np.int64)
+        pname = _class_word(spec.positive_class, raw.class_names)
+        nname = _class_word(spec.negative_class, raw.class_names) if spec.negative_class is not None else "other"
+        names = (nname, pname)
+    else:
+        ok = all(isinstance(v, (bool, int, np.integer, float, np.floating)) and float(v) in (0.0, 1.0)
+                 for v in values)
+        if not ok:
+            raise DatasetError(
+                f"{where}: label column {spec.label_field!r} is not binary 0/1 (values: "
+                f"{', '.join(distinct[:20])}{' ...' if len(distinct) > 20 else ''}); "
+                f"pass positive_class=<value> (one-vs-rest) or positive_class + negative_class (a pair)"
+            )
+        labels = np.array([int(float(v)) for v in values], dtype=np.int64)
+        keep = np.ones(len(values), dtype=bool)
+        names = tuple(raw.class_names[:2]) if raw.class_names and len(raw.class_names) == 2 else ("negative", "positive")
+    if spec.label_names is not None:
+        names = tuple(spec.label_names)
+    return labels, keep, (str(names[0]), str(names[1]))
+
+
+def _class_word(value: Any, class_names: list[str] | None) -> str:
+    if class_names and isinstance(value, (int, np.integer)) and 0 <= int(value) < len(class_names):
+        return str(class_names[int(value)])
+    return str(value)
+
+
+def _to_examples(raw: Raw, spec: DatasetSpec, split: str, where: str) -> Examples:
+    if len(raw.ids) == 0:
+        raise DatasetError(f"{where}: no rows")
+    labels, keep, names = _binarise(raw, spec, where)
+    idx = np.flatnonzero(keep)
+    ids = [raw.ids[i] for i in idx]
+    held = adapter(spec.modality)
+    try:
+        inputs = held.check(held.select(raw.inputs, idx), ids, where)
+    except InputError as e:
+        raise DatasetError(str(e)) from None
+    return Examples(name=spec.name, split=split, ids=ids, labels=labels[idx], label_names=names,
+                    modality=spec.modality, inputs=inputs)
+
+
+def _stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0x7E57])
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in (0, 1):
+        where = np.flatnonzero(labels == c)
+        n_test = int(round(len(where) * fraction))
+        mask[rng.permutation(where)[:n_test]] = True
+    return mask
+
+
+def _balanced_subsample(ex: Examples, size: int, seed: int, where: str, option: str = "test_size") -> np.ndarray:
+    per = size // 2
+    counts = ex.class_counts()
+    short = {c: n for c, n in counts.items() if n < per}
+    if short:
+        raise DatasetError(
+            f"{where}: {option}={size} needs {per} examples per class, but the {ex.split} split has "
+            f"{counts[0]} of class 0 ({ex.label_names[0]}) and {counts[1]} of class 1 ({ex.label_names[1]})"
+        )
+    rng = np.random.default_rng([seed, 0x5A3B])
+    chosen = [rng.permutation(np.flatnonzero(ex.labels == c))[:per] for c in (0, 1)]
+    return np.sort(np.concatenate(chosen))  # keep source order: stable and readable
+
+
+def load_examples(name: str | DatasetSpec, split: str = "test", **opts: Any) -> Examples:
+    """Load one split ("train" = context pool, "test", or "all") of a binary task.
+
+    `name` is a built-in, an HF id, a local file or a `DatasetSpec`; `opts` are
+    `DatasetSpec` fields. Deterministic: same spec, same examples in the same order.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    spec = load_dataset_spec(name, **opts)
+    if spec.source == "builtin":
+        raw = BUILTINS[spec.name].reader(spec)
+    elif spec.source == "file":
+        raw = read_file(spec)
+    else:
+        raw = read_hf(spec)
+    pool = _to_examples(raw, spec, "train", spec.name)
+    meta = {"source": spec.source, "spec": dataclasses.asdict(spec), "spec_digest": spec.digest(), **raw.meta}
+    if raw.test is not None:
+        test_name = raw.meta.get("test_split") or spec.test_split
+        test = _to_examples(raw.test, spec, "test", f"{spec.name}[{test_name}]")
+        if test.label_names != pool.label_names and spec.label_names is None:
+            test.label_names = pool.label_names
+        overlap = set(test.ids) & set(pool.ids)
+        if overlap:
+            raise DatasetError(f"{spec.name}: train and test splits share ids, e.g. {sorted(overlap)[:3]}")
+        meta["split_method"] = f"predefined:{test_name}"
+    else:
+        mask = _stratified_test_mask(pool.labels, spec.test_fraction, spec.split_seed)
+        test = pool.subset(np.flatnonzero(mask), split="test")
+        pool = pool.subset(np.flatnonzero(~mask), split="train")
+        meta["split_method"] = f"seeded:{spec.test_fraction}:{spec.split_seed}"
+    if spec.test_size is not None:
+        test = test.subset(_balanced_subsample(test, spec.test_size, spec.split_seed, spec.name))
+    if spec.train_size is not None:  # a smaller pool: cost grows with what is embedded, not with k x seeds
+        pool = pool.subset(_balanced_subsample(pool, spec.train_size, spec.split_seed + 1, spec.name, "train_size"))
+    if split == "all":
+        out = Examples(name=spec.name, split="all", ids=pool.ids + test.ids,
+                       labels=np.concatenate([pool.labels, test.labels]), label_names=pool.label_names,
+                       modality=spec.modality, inputs=adapter(spec.modality).concat([pool.inputs, test.inputs]))
+    else:
+        out = pool if split == "train" else test
+    out.metadata = {**meta, "split": split, "n": len(out), "class_counts": out.class_counts()}
+    return out
