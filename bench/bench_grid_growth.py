@@ -39,7 +39,7 @@ def child(args: dict) -> None:
     from pipeline.grid import GridSpec, run_grid
 
     spec = load_config(GridSpec, None, args["overrides"])
-    s = run_grid(spec, log=lambda _m: None)
+    s = run_grid(spec)  # its progress lines go to the `pipeline` loggers, unconfigured here: silent
     s["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(s, default=str))
 

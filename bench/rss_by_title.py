@@ -21,7 +21,7 @@ peak: dict[str, float] = collections.defaultdict(float)
 
 def kind(cmd: str, name: str) -> str | None:
     if cmd.startswith("ray::"):
-        return cmd.split()[0].split(".")[0]  # ray::MapWorker(MapBatches(BackboneEmbedder)), ray::run_icl_group, ...
+        return cmd.split()[0].split(".")[0]  # ray::MapWorker(MapBatches(BackboneEmbedder)), ray::run_text_cells (icl), ...
     if "tart " in cmd or "jobs." in cmd:
         return "driver"
     if "ray" in cmd or name in ("raylet", "gcs_server"):

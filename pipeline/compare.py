@@ -14,15 +14,23 @@ also logged as artifacts to an MLflow run.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 
+from .methods import TEXTS, known_methods
+from .storage import join
+from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELL_ID, TAG_GRID, TAG_KIND, connect,
+                       resolve_tracking_uri, tag_filter)
+
+logger = logging.getLogger(__name__)
+
 KEYS = ["dataset", "backbone", "method", "k"]
+BASELINES = ("icl", "lr_probe")  # what the reasoner methods' gains are reported against
 
 
 class CompareError(ValueError):
@@ -32,17 +40,15 @@ class CompareError(ValueError):
 def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", grids: Optional[list[str]] = None,
               dataset: Optional[str] = None, backbone: Optional[str] = None) -> pd.DataFrame:
     """Cell runs from MLflow as a flat frame (one row per cell)."""
-    import mlflow
-
-    from .tracking import connect
-
     uri = connect(mlflow_uri)
+    import mlflow  # imported by connect (~4 s), which checks the store first
+
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise CompareError(f"MLflow experiment {experiment!r} not found at {uri}")
-    filt = ["tags.`tart.kind` = 'cell'"]
+    filt = [tag_filter(TAG_KIND, KIND_CELL)]
     if grids and len(grids) == 1:
-        filt.append(f"tags.`tart.grid` = '{grids[0]}'")
+        filt.append(tag_filter(TAG_GRID, grids[0]))
     if dataset:
         filt.append(f"params.dataset = '{dataset}'")
     if backbone:
@@ -51,10 +57,10 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
     if runs.empty:
         return pd.DataFrame()
     df = pd.DataFrame({
-        "grid": runs["tags.tart.grid"], "cell_id": runs["tags.cell_id"],
+        "grid": runs[f"tags.{TAG_GRID}"], "cell_id": runs[f"tags.{TAG_CELL_ID}"],
         **{c: runs[f"params.{c}"] for c in ("dataset", "backbone", "protocol", "method", "reasoner_digest")},
         "k": runs["params.k"].astype(int), "seed": runs["params.seed"].astype(int),
-        **{m: runs.get(f"metrics.{m}") for m in ("accuracy", "auc", "brier", "ece")},
+        **{m: runs.get(f"metrics.{m}") for m in QUALITY_METRICS},
     })
     if grids:
         df = df[df["grid"].isin(grids)]
@@ -62,14 +68,16 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
 
 
 def _label(df: pd.DataFrame) -> pd.Series:
-    """Method label; tart runs of different reasoners get the weights digest appended."""
+    """Method label; runs of a reasoner method (tart) with different reasoners get the weights digest
+    appended, and embedding methods their protocol when the grid has several."""
     lab = df["method"].astype(str)
-    if "reasoner_digest" in df and df.loc[df["method"] == "tart", "reasoner_digest"].nunique() > 1:
-        tart = df["method"] == "tart"
-        lab = lab.where(~tart, "tart@" + df["reasoner_digest"].astype(str).str[:8])
+    reasoned = df["method"].isin(known_methods(needs_reasoner=True))
+    if "reasoner_digest" in df and df.loc[reasoned, "reasoner_digest"].nunique() > 1:
+        lab = lab.where(~reasoned, lab + "@" + df["reasoner_digest"].astype(str).str[:8])
     proto = df.get("protocol")
-    if proto is not None and proto[df["method"] != "icl"].nunique() > 1:
-        lab = lab.where(df["method"] == "icl", lab + "/" + proto.astype(str))
+    own_protocol = df["method"].isin(known_methods(runs_on=TEXTS))  # icl: always "prompt"
+    if proto is not None and proto[~own_protocol].nunique() > 1:
+        lab = lab.where(own_protocol, lab + "/" + proto.astype(str))
     return lab
 
 
@@ -85,7 +93,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
-    """Mean accuracy gain of tart over `ref`, paired on (grid, dataset, backbone, k, seed).
+    """Mean accuracy gain of tart (each reasoner method) over `ref`, paired on (grid, dataset, backbone, k, seed).
 
     One row per tart variant (`tart`, or `tart@<digest>` when the grid compares reasoners):
     averaging two reasoners' accuracies into one "tart" would report neither.
@@ -94,7 +102,7 @@ def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
     d = df.assign(label=_label(df))
     r = d[d["method"] == ref].groupby(pair)["accuracy"].mean()
     out = []
-    for label, t_rows in d[d["method"] == "tart"].groupby("label"):
+    for label, t_rows in d[d["method"].isin(known_methods(needs_reasoner=True))].groupby("label"):
         both = pd.concat({"tart": t_rows.groupby(pair)["accuracy"].mean(), ref: r}, axis=1).dropna()
         if both.empty:
             continue
@@ -117,7 +125,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """accuracy vs k, one PNG per grid x dataset x backbone, one line per method."""
-    import matplotlib
+    import matplotlib  # only to plot; the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -152,7 +160,7 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
     summary = summarize(df)
     md = ["## Accuracy (mean ± std over seeds)", "", markdown_table(summary), ""]
     files = {}
-    for ref in ("icl", "lr_probe"):
+    for ref in BASELINES:
         g = gains(df, ref)
         if not g.empty:
             md += [f"## Gain of tart over {ref} (mean over paired cells)", "",
@@ -175,20 +183,18 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
 
 
 def log_artifacts(run_id: str, out_dir: Path, mlflow_uri: Optional[str] = None) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import resolve_tracking_uri
+    from mlflow.tracking import MlflowClient  # ~4 s to import: only when there is a run to log to
 
     MlflowClient(resolve_tracking_uri(mlflow_uri)).log_artifacts(run_id, str(out_dir), artifact_path="compare")
 
 
-def compare_from_table(spec, summary: dict) -> dict:
-    """End of `tart grid`: compare from the results table, log to the grid's parent run."""
-    from .grid import read_results
-    from .storage import join
+def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
+    """End of `tart grid`: compare a grid's results table (`pipeline.grid.read_results`), log the
+    outputs to the grid's parent run; returns `report`'s dict plus `text`, what to print.
 
-    df = read_results(spec)
-    df = df.assign(grid=spec.name)
+    `spec` is the grid's (name, storage, experiment); `summary` what `run_grid` returned.
+    """
+    df = table.assign(grid=spec.name)
     local = "://" not in spec.storage or spec.storage.startswith("file://")
     out_dir = Path(join(join(spec.storage, spec.name), "compare")) if local else Path("tart_runs/compare") / spec.name
     rep = report(df, out_dir)
@@ -196,14 +202,13 @@ def compare_from_table(spec, summary: dict) -> dict:
         try:
             log_artifacts(summary["parent_run_id"], out_dir, summary.get("mlflow_uri"))
         except Exception as e:  # noqa: BLE001
-            print(f"[compare] WARNING: could not log artifacts to MLflow ({e})", file=sys.stderr)
-    print(rep["markdown"])
-    print(f"\nplots and tables: {out_dir.resolve()}")
+            logger.warning(f"[compare] WARNING: could not log artifacts to MLflow ({e})")
+    lines = [rep["markdown"], f"\nplots and tables: {out_dir.resolve()}"]
     if summary.get("mlflow_uri"):
         uri = summary["mlflow_uri"]
         ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if uri.startswith("sqlite") else uri
-        print(f"MLflow: {ui}  (experiment {spec.experiment!r}, parent run {summary['parent_run_id']})")
-    return rep
+        lines.append(f"MLflow: {ui}  (experiment {spec.experiment!r}, parent run {summary['parent_run_id']})")
+    return {**rep, "text": "\n".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     print(rep["markdown"])
     print(f"\nplots and tables: {Path(a.out).resolve()}")
     if a.log_run:
-        import mlflow
+        import mlflow  # set up by load_runs' connect
 
         mlflow.set_experiment(a.experiment)
-        with mlflow.start_run(run_name="compare", tags={"tart.kind": "compare"}) as run:
+        with mlflow.start_run(run_name="compare", tags={TAG_KIND: KIND_COMPARE}) as run:
             mlflow.log_artifacts(a.out, artifact_path="compare")
             print(f"logged to MLflow run {run.info.run_id}")
     return 0

@@ -8,7 +8,8 @@
 Each stage is the same code as its own subcommand and keeps its own idempotence, so a
 re-submitted pipeline skips finished shards, resumes training and runs only missing
 grid cells. `storage=` roots every stage's output under one URI; the trained reasoner
-is added to the grid's `reasoners` next to the shipped default.
+is added to the grid's `reasoners` next to the shipped default. Exit status: 0 done, 1 some
+grid cells failed (re-run), 2 an invalid config.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import json
 import sys
 import time
 
+from .compare import compare_from_table
 from .config import ConfigError, load_config
+from .generate import GenerateConfig, generate
+from .grid import GridSpec, read_results, run_grid
 from .storage import join
+from .train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     if not a.storage.startswith("storage="):
         ap.error("the only positional argument is storage=URI")
     root = a.storage.split("=", 1)[1]
-
-    from .generate import GenerateConfig, generate
-    from .grid import GridSpec, run_grid
-    from .train import TrainConfig, train
-
     try:
         gen_cfg = load_config(GenerateConfig, a.generate_config, [f"output={join(root, 'episodes')}"])
         grid = load_config(GridSpec, a.grid_config, [f"storage={join(root, 'grids')}"])
@@ -68,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_grid(grid)
     times["grid_s"] = time.time() - t
     times.update({f"grid_{k}": summary[k] for k in ("embed_s", "cells_s", "mlflow_s")})
-    from .compare import compare_from_table
-
     t = time.time()
-    compare_from_table(grid, summary)
+    print(compare_from_table(read_results(grid), grid, summary)["text"])
     times["compare_s"] = time.time() - t
     print(f"[pipeline] stage times: {json.dumps({k: round(v, 1) for k, v in times.items()})}", flush=True)
+    if summary["cells_failed"]:
+        print(f"tart pipeline: {summary['cells_failed']} grid cell(s) failed (their errors are above); re-run to "
+              "retry them, everything finished is kept", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,6 +1,7 @@
 """The ICL baseline: the causal backbone's own in-context learning, scored, never generated.
 
-Prompt (the method's template; one block per context example, then the query):
+Prompt (the project's one template, `prompts.block`; one block per context example, then
+the query; texts go in as they are, not whitespace-normalised as the embedding protocols'):
 
     Sentence: <context text 1>\\nLabel: <word of its label>\\n
     ...
@@ -28,6 +29,9 @@ padded way and packing is used only if both agree. The prompt is tokenised as co
 tokens + query tokens, exactly the sequence `use_cache=False` (the naive path that
 forwards the whole prompt per query) reads, so both paths score the same token sequence.
 
+In the grid, `score_group` (the `icl` entry of `methods.REGISTRY`) scores every (k, seed)
+episode of one dataset with one causal backbone, loaded once.
+
 Length: every prompt (context + query + label tokens) is checked against the model's
 maximum context (config.max_position_embeddings, or `max_length` if smaller) BEFORE
 any forward pass; too long raises `ICLError` naming the length and the limit. Nothing
@@ -37,13 +41,18 @@ is ever truncated.
 from __future__ import annotations
 
 import copy
+import inspect
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
 
-TEMPLATE_EXAMPLE = "Sentence: {text}\nLabel: {label}\n"
-TEMPLATE_QUERY = "Sentence: {text}\nLabel:"
+from .backbones import load_causal_lm
+from .datasets import context_sets, load_examples
+from .prompts import block, cache_argument, continuation_batch, packed_continuation
+
 SCORINGS = ("sum", "first")
 
 
@@ -53,11 +62,11 @@ class ICLError(ValueError):
 
 def context_prompt(texts: Sequence[str], labels: Sequence[int], label_words: Sequence[str]) -> str:
     """The shared prefix: one 'Sentence: ...\\nLabel: <word>\\n' block per context example."""
-    return "".join(TEMPLATE_EXAMPLE.format(text=t, label=label_words[int(y)]) for t, y in zip(texts, labels))
+    return "".join(block(t, label_words[int(y)]) for t, y in zip(texts, labels))
 
 
 def query_prompt(text: str) -> str:
-    return TEMPLATE_QUERY.format(text=text)
+    return block(text)
 
 
 def model_max_length(model: Any, tokenizer: Any = None) -> int:
@@ -114,11 +123,8 @@ class ICLScorer:
         self.forward_count = 0
         self.packing = packing
         self._packing_ok: bool | None = None  # decided on the first cached batch (see _check_packing)
-        import inspect
-
         self._forward_params = set(inspect.signature(model.forward).parameters)
-        # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
-        self._cache_kw = "cache" if "cache" in self._forward_params else "past_key_values"
+        self._cache_kw = cache_argument(model)
         # LM head on the scored positions only (see _forward_batch): the decoder stack
         # (`base_model`) runs alone and the head is applied here. Models that process the final
         # logits (soft-capping, logit scales) or expose no separate stack keep the full forward.
@@ -128,7 +134,7 @@ class ICLScorer:
         self._base = (base if base is not None and base is not model and model.get_output_embeddings() is not None
                       and not processed else None)
         if self._base is not None:
-            self._base_cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+            self._base_cache_kw = cache_argument(base)
 
     @property
     def label_token_counts(self) -> tuple[int, int]:
@@ -201,10 +207,6 @@ class ICLScorer:
         model's own `logits_to_keep=1` cost more than the rest of the pass on CPU in bf16 (its
         3-D input made torch copy the 49k x 576 head once per row: 12.7 of 21 s for 8 queries).
         """
-        import torch
-
-        from .prompts import continuation_batch
-
         dev = self._device
         ids, mask, positions = continuation_batch(seqs, past_len, self.tokenizer.pad_token_id)
         kw: dict = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=past is not None)
@@ -232,10 +234,6 @@ class ICLScorer:
                         wanted: list[tuple[int, int]]) -> dict:
         """Same result as `_forward_batch(seqs, expanded copy of past, ...)`: {(row, pos): log-softmax},
         from one packed row on the batch-1 cache `past`, which is cropped back to `past_len` after."""
-        import torch
-
-        from .prompts import packed_continuation
-
         dev = self._device
         ids, mask, positions, starts = packed_continuation(seqs, past_len)
         try:
@@ -254,16 +252,12 @@ class ICLScorer:
                        padded: dict) -> bool:
         """Packing is exact in arithmetic; allow the rounding of the model's dtype (fp32 ~1e-5,
         bf16 ~0.1 in a log-prob), and refuse anything larger: the model ignored the block mask."""
-        import torch
-
         packed = self._forward_packed(seqs, cache, past_len, wanted)
         tol = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 0.5
         worst = max(float((packed[w] - padded[w]).abs().max()) for w in wanted)
         return worst <= tol
 
     def _prefix_cache(self, prefix: list[int]) -> Any:
-        import torch
-
         ids = torch.tensor([prefix], device=self._device)
         with torch.inference_mode():
             if self._base is not None:  # the prefix's logits are never read: no LM head at all
@@ -332,9 +326,26 @@ class ICLScorer:
         return 1.0 / (1.0 + np.exp(-np.clip(d, -700, 700)))
 
 
-def icl_predict_proba(tokenizer: Any, model: Any, context_texts: Sequence[str], context_labels: Sequence[int],
-                      query_texts: Sequence[str], label_words: Sequence[str] = ("negative", "positive"),
-                      batch_size: int = 8, use_cache: bool = True, **kw: Any) -> np.ndarray:
-    """One-call form of `ICLScorer(...).predict_proba(...)`."""
-    scorer = ICLScorer(tokenizer, model, label_words=label_words, batch_size=batch_size, **kw)
-    return scorer.predict_proba(context_texts, context_labels, query_texts, use_cache=use_cache)
+def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes: Sequence[tuple[int, int]],
+                batch_size: int = 8, skip: Optional[Callable[[int], bool]] = None) -> Iterator[Optional[dict]]:
+    """ICL on the (k, seed) `episodes` of one dataset with one causal backbone, loaded once.
+
+    Yields per episode, in order, {probs, runtime_s, labels, ids} (the test split's), or None
+    for episode i where `skip(i)` (finished by a concurrent run). The context set of (k, seed)
+    is drawn from the train pool exactly as the embedding methods' (`context_sets`).
+    """
+    pool = load_examples(dataset, "train", **options)
+    test = load_examples(dataset, "test", **options)
+    # the GPU a Ray task was given (gpus_per_icl_task > 0), or a local one; else CPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok, model = load_causal_lm(backbone, device=device, dtype=dtype)
+    scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
+    for i, (k, seed) in enumerate(episodes):
+        if skip is not None and skip(i):
+            yield None
+            continue
+        t0 = time.time()
+        ctx = context_sets(pool.labels, [k], seed)[k]
+        p = scorer.predict_proba([pool.texts[j] for j in ctx], pool.labels[ctx], test.texts)
+        yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
+               "labels": test.labels, "ids": test.ids}

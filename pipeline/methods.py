@@ -1,11 +1,16 @@
 """Stage 4's inner loop: the few-shot methods that turn (context, queries) into P(y=1).
 
-Every method takes one episode of precomputed embeddings
+The registry (`REGISTRY`, `get_method(name)`) is the one description of every method: what
+it runs on, whether it needs a reasoner or a causal backbone, which modalities it takes,
+its PCA size (so which k work: `Method.context_problems`). The grid, `TartClassifier` and
+`compare` ask it instead of special-casing names.
+
+Embedding methods take one episode of precomputed embeddings
 
     Xc (k, D) context embeddings, yc (k,) labels in {0, 1}, Xq (q, D) query embeddings
 
-and returns P(label = 1) for every query, shape (q,). They live in a registry by name
-behind one entry point, `run_method(name, Xc, yc, Xq, reasoner=None, **opts)`:
+and return P(label = 1) for every query, shape (q,), behind one entry point,
+`run_method(name, Xc, yc, Xq, reasoner=None, **opts)`:
 
     tart      PCA to d dims + whitening, both fitted on the k context embeddings only
               (`fit_whitening`), then the reasoner reads the k (x, y) pairs and answers
@@ -14,6 +19,12 @@ behind one entry point, `run_method(name, Xc, yc, Xq, reasoner=None, **opts)`:
               paper's "probe on the same features" baseline.
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
+
+One method runs on raw texts instead, per (dataset, causal backbone) group, through its
+runner (`Method.load_runner`), which loads the LM once for every (k, seed) of the group:
+
+    icl       the backbone's own in-context learning: a prompt of the k labelled texts, the
+              two label words scored after each query (`pipeline.icl`).
 
 Whitening (`fit_whitening`): centre with the context mean, project on the top-d
 principal directions of the context (SVD, deterministic signs), divide every
@@ -38,8 +49,9 @@ reasoner's trained context, an unknown method or option.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -170,40 +182,144 @@ def check_episode(Xc: Any, yc: Any, Xq: Any) -> tuple[np.ndarray, np.ndarray, np
 
 # ----------------------------------------------------------------------------- registry
 
+EMBEDDINGS = "embeddings"  # runs per cell on precomputed embeddings (`run_method`)
+TEXTS = "texts"  # runs per (dataset, backbone, seed) group on the raw texts, through its own runner
+DEFAULT_PCA_DIMS = 16  # lr_probe's PCA size without a reasoner (the shipped reasoner's d)
+
 MethodFn = Callable[..., np.ndarray]
-METHODS: dict[str, MethodFn] = {}
-NEEDS_REASONER: set[str] = set()
 
 
-def register(name: str, needs_reasoner: bool = False) -> Callable[[MethodFn], MethodFn]:
+@dataclass(frozen=True)
+class Method:
+    """What the pipeline needs to know about one few-shot method, in one place.
+
+    runs_on: EMBEDDINGS (`fn(Xc, y, Xq, reasoner=..., **opts)`, one cell at a time) or TEXTS
+      (`runner`, a lazy "module:function" target: loads its backbone once per group and
+      yields one result per (k, seed) episode; see `load_runner`).
+    needs_reasoner: the method reads the context through a trained reasoner, so k is bounded
+      by the reasoner's trained context and its PCA size by the reasoner's d.
+    needs_causal: the backbone must be a causal LM (an HF id / path of unknown kind may be one).
+    modalities: the input modalities it can classify (None: whatever the backbone embeds).
+    protocol: the fixed protocol of a TEXTS method's cells (icl: "prompt"); EMBEDDINGS methods
+      run under the grid's embedding protocols (None).
+    pca_dims: the PCA size fitted on the context, so k must exceed it: an int, "reasoner"
+      (the reasoner's trained d), or None (no PCA).
+    """
+
+    name: str
+    runs_on: str = EMBEDDINGS
+    needs_reasoner: bool = False
+    needs_causal: bool = False
+    modalities: Optional[tuple[str, ...]] = None
+    protocol: Optional[str] = None
+    pca_dims: Union[int, str, None] = None
+    fn: Optional[MethodFn] = None
+    runner: Optional[str] = None
+
+    def dims(self, reasoner_d: Optional[int] = None) -> Optional[int]:
+        """The PCA size the method fits (None: it fits none, or the reasoner's d is not known)."""
+        return reasoner_d if self.pca_dims == "reasoner" else self.pca_dims  # type: ignore[return-value]
+
+    def accepts(self, backbone_kind: Optional[str], modality: Optional[str]) -> bool:
+        """Whether the method runs on a backbone of this kind (None: unknown) and inputs of this modality."""
+        if self.needs_causal and backbone_kind not in ("causal", None):
+            return False
+        return self.modalities is None or modality in self.modalities
+
+    def context_problems(self, k: int, *, dims: Optional[int] = None, reasoner_d: Optional[int] = None,
+                         reasoner_max_k: Optional[int] = None, reasoner: str = "the reasoner",
+                         allow_small_k: bool = False) -> list[str]:
+        """Why k context examples cannot work for this method ([] if they can).
+
+        dims: the PCA size asked for (default: the method's own, `dims(reasoner_d)`);
+        reasoner_d / reasoner_max_k: the reasoner's trained d and context (known ones are
+        checked); reasoner: how messages name it (the grid names the checkpoint).
+        """
+        d = self.dims(reasoner_d) if dims is None else dims
+        problems = []
+        if self.needs_reasoner and d is not None and reasoner_d is not None and d > reasoner_d:
+            problems.append(f"d={d} is larger than {reasoner}'s trained d={reasoner_d}")
+        if self.needs_reasoner and reasoner_max_k is not None and k > reasoner_max_k:
+            problems.append(f"k={k} exceeds {reasoner}'s trained context (at most {reasoner_max_k} pairs)")
+        if d is not None and k <= d and not allow_small_k:
+            problems.append(f"k={k} <= d={d}: {self.name}'s PCA to {d} dims needs k > d context examples "
+                            f"(k >= {d + 1})")
+        return problems
+
+    def check_context(self, k: int, **limits: Any) -> None:
+        """`context_problems` as a `MethodError` (nothing when k works)."""
+        problems = self.context_problems(k, **limits)
+        if problems:
+            raise MethodError("; ".join(problems))
+
+    def load_runner(self) -> Callable[..., Iterator[Optional[dict]]]:
+        """The TEXTS runner: `runner(dataset, options, backbone, dtype, episodes, batch_size, skip=None)`.
+
+        episodes: (k, seed) pairs; yields per episode, in order, {probs, runtime_s, labels, ids}
+        (the test split's labels and ids), or None where `skip(i)` is true. Imported on first
+        use: a runner loads heavy backbones, and `methods` is imported by light modules too.
+        """
+        if self.runner is None:
+            raise MethodError(f"method {self.name!r} runs on embeddings: call run_method")
+        module, attr = self.runner.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, *, needs_reasoner: bool = False,
+             pca_dims: Union[int, str, None] = None) -> Callable[[MethodFn], MethodFn]:
+    """Decorator registering an EMBEDDINGS method `fn(Xc, y, Xq, reasoner=None, **opts) -> (q,)`."""
     def deco(fn: MethodFn) -> MethodFn:
-        if name in METHODS:
-            raise MethodError(f"method {name!r} is already registered")
-        METHODS[name] = fn
-        if needs_reasoner:
-            NEEDS_REASONER.add(name)
+        _add(Method(name, needs_reasoner=needs_reasoner, pca_dims=pca_dims, fn=fn))
         return fn
 
     return deco
 
 
-def known_methods() -> list[str]:
-    return sorted(METHODS)
+def register_text_method(name: str, runner: str, *, protocol: str, needs_causal: bool = False,
+                         modalities: Optional[tuple[str, ...]] = None) -> None:
+    """Register a TEXTS method by its lazy "module:function" runner (see `Method.load_runner`)."""
+    _add(Method(name, runs_on=TEXTS, needs_causal=needs_causal, modalities=modalities, protocol=protocol,
+                runner=runner))
+
+
+def _add(method: Method) -> None:
+    if method.name in REGISTRY:
+        raise MethodError(f"method {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+
+
+def known_methods(runs_on: Optional[str] = None, needs_reasoner: Optional[bool] = None) -> list[str]:
+    """Registered method names (sorted), optionally only those that run on `runs_on` / need a reasoner."""
+    return sorted(m.name for m in REGISTRY.values()
+                  if (runs_on is None or m.runs_on == runs_on)
+                  and (needs_reasoner is None or m.needs_reasoner == needs_reasoner))
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise MethodError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
+    return REGISTRY[name]
 
 
 def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_class: str = "error",
                **opts: Any) -> np.ndarray:
-    """P(label=1) for each query (q,) by method `name`; `opts` go to the method.
+    """P(label=1) for each query (q,) by the EMBEDDINGS method `name`; `opts` go to the method.
 
     tart: d (default reasoner.d), eps, allow_small_k. lr_probe: d, eps, allow_small_k, C,
     max_iter. lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
     """
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(known_methods())}")
+    method = get_method(name)
+    if method.runs_on != EMBEDDINGS:
+        raise MethodError(f"method {name!r} runs on the raw texts of a (dataset, backbone) group, not on "
+                          f"embeddings (its runner: {method.runner}); run_method takes "
+                          f"{', '.join(known_methods(EMBEDDINGS))}")
     if one_class not in ONE_CLASS_POLICIES:
         raise MethodError(f"one_class={one_class!r}: expected one of {', '.join(ONE_CLASS_POLICIES)}")
     Xc, y, Xq = check_episode(Xc, yc, Xq)
-    if name in NEEDS_REASONER and reasoner is None:
+    if method.needs_reasoner and reasoner is None:
         raise MethodError(f"method {name!r} needs a reasoner (pipeline.reasoner.load_reasoner())")
     if y.min() == y.max():
         k, c = len(y), int(y[0])
@@ -216,8 +332,7 @@ def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_c
         return np.full(Xq.shape[0], p1)
     if Xq.shape[0] == 0:
         return np.zeros(0)
-    fn = METHODS[name]
-    p = fn(Xc, y, Xq, reasoner=reasoner, **opts)
+    p = method.fn(Xc, y, Xq, reasoner=reasoner, **opts)
     return np.asarray(p, dtype=np.float64).reshape(Xq.shape[0])
 
 
@@ -228,30 +343,28 @@ def _check_opts(method: str, opts: dict, allowed: tuple[str, ...]) -> None:
 
 
 def _logreg(C: float, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # ~3 s to import; only the lr_* methods need it
 
     return LogisticRegression(C=C, max_iter=max_iter)
 
 
-@register("tart", needs_reasoner=True)
+@register("tart", needs_reasoner=True, pca_dims="reasoner")
 def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
     _check_opts("tart", opts, ("d", "eps", "allow_small_k"))
     d = int(opts.get("d", reasoner.d))
-    if d > reasoner.d:
-        raise MethodError(f"d={d} is larger than the reasoner's trained d={reasoner.d}")
-    k = Xc.shape[0]
-    if k > reasoner.max_k:
-        raise MethodError(f"k={k} context points: the reasoner was trained on at most {reasoner.max_k}")
+    REGISTRY["tart"].check_context(Xc.shape[0], dims=d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
+                                   allow_small_k=opts.get("allow_small_k", False))
     w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
     Zc, Zq = w.transform(Xc), w.transform(Xq)
     # One call for all q queries: the reasoner answers them in a single masked pass.
     return reasoner.predict_proba(Zc[None].astype(np.float32), y[None], Zq[None].astype(np.float32))[0]
 
 
-@register("lr_probe")
+@register("lr_probe", pca_dims=DEFAULT_PCA_DIMS)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
     _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter"))
-    d = int(opts.get("d", reasoner.d if reasoner is not None else 16))
+    d = int(opts.get("d", reasoner.d if reasoner is not None else DEFAULT_PCA_DIMS))
+    REGISTRY["lr_probe"].check_context(Xc.shape[0], dims=d, allow_small_k=opts.get("allow_small_k", False))
     w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
     clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit(w.transform(Xc), y)
     return clf.predict_proba(w.transform(Xq))[:, 1]
@@ -265,3 +378,8 @@ def _lr_full(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None
     sd[sd <= 1e-12 * max(float(sd.max()), 1e-300)] = 1.0  # constant columns: centred to 0, not blown up
     clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit((Xc - mu) / sd, y)
     return clf.predict_proba((Xq - mu) / sd)[:, 1]
+
+
+# The in-context-learning baseline: the causal backbone reads a prompt of the k labelled texts and
+# scores the two label words (pipeline.icl); one LM load serves every (k, seed) of a group.
+register_text_method("icl", "pipeline.icl:score_group", protocol="prompt", needs_causal=True, modalities=("text",))

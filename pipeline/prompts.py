@@ -1,22 +1,30 @@
-"""Prompts for the context-dependent embedding protocols (vanilla, LOO).
+"""The prompt template of the project, and the KV-cache continuation helpers built on it.
 
 Template (one block per example; the reference's, with the label words of the task)::
 
     Sentence: <text>\\nLabel: <word>\\n
 
-A query block is `Sentence: <query>\\nLabel:` (no word). Each example's text is
-whitespace-normalised first (runs of spaces/newlines -> one space) so that a text
-cannot break the template's line structure.
+A query block is `Sentence: <query>\\nLabel:` (no word); `block(text, word)` builds either.
+Two users: the context-dependent embedding protocols (vanilla, LOO: `build_prompt`, which
+whitespace-normalises each text first, runs of spaces/newlines -> one space, so that a text
+cannot break the template's line structure) and the ICL baseline (`pipeline.icl`, which
+puts texts in as they are: its scores, and the results already computed with them, were
+made that way). `TEMPLATE_VERSION` is part of the embedding cache key.
 
 Where each example sits in the token sequence is found from the tokenizer's offset
 mapping (character span of the example's *text* -> the tokens that overlap it), never
 by searching the token stream for label words (the reference did that and broke when
 a text contained a label word). A prompt longer than the backbone's context limit is
 an error (`PromptTooLongError`, naming both lengths): nothing is ever truncated.
+
+`continuation_batch` / `packed_continuation` lay out token suffixes that continue one
+cached prompt prefix, and `cache_argument(module)` names a model's KV-cache argument;
+both ICL scoring and the vanilla/loo query embeddings use them.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -43,6 +51,11 @@ def normalise_text(text: str) -> str:
     return out
 
 
+def block(text: str, word: str | None = None) -> str:
+    """One block of the template, `text` as given: an example's (with its label `word`) or a query's (None)."""
+    return PREFIX + text + MIDDLE + ("" if word is None else f" {word}{SEP}")
+
+
 @dataclass(frozen=True)
 class PromptLayout:
     """A prompt string and the character span [start, end) of every example's text in it."""
@@ -60,11 +73,10 @@ def build_prompt(texts: Sequence[str], label_words: Sequence[str | None]) -> Pro
     pos = 0
     for t, w in zip(texts, label_words):
         t = normalise_text(t)
-        head = PREFIX
-        spans.append((pos + len(head), pos + len(head) + len(t)))
-        block = head + t + MIDDLE + ("" if w is None else f" {w}{SEP}")
-        parts.append(block)
-        pos += len(block)
+        spans.append((pos + len(PREFIX), pos + len(PREFIX) + len(t)))
+        text = block(t, w)
+        parts.append(text)
+        pos += len(text)
     return PromptLayout("".join(parts), tuple(spans))
 
 
@@ -108,12 +120,18 @@ def tokenize_prompt(tokenizer: Any, layout: PromptLayout, max_length: int | None
     return TokenizedPrompt(ids, tuple(spans), layout)
 
 
+def cache_argument(module: Any) -> str:
+    """The name of `module.forward`'s KV-cache argument: transformers >= 5.2x calls it `cache`
+    (the old `past_key_values` warns, then goes)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def continuation_batch(seqs: Sequence[Sequence[int]], past_len: int, pad_id: int | None) -> tuple[Any, Any, Any]:
     """(input_ids, attention_mask, position_ids) tensors for token suffixes that all continue one
     cached prefix of `past_len` tokens: right-padded (padding after every real token, so under a
     causal mask no real position attends to it), the mask covering prefix + real tokens, positions
     continuing after the prefix. Used by the icl scorer and the vanilla/loo query embeddings."""
-    import torch
+    import torch  # here only: the embed stage reads TEMPLATE_VERSION (cache keys) without torch
 
     n, width = len(seqs), max(len(x) for x in seqs)
     ids = torch.full((n, width), pad_id if pad_id is not None else 0, dtype=torch.long)
@@ -132,7 +150,7 @@ def packed_continuation(seqs: Sequence[Sequence[int]], past_len: int) -> tuple[A
     single row: each suffix sees the whole prefix and its own earlier tokens, never another
     suffix, and its positions continue after the prefix. Unlike `continuation_batch` the prefix's
     keys and values are not copied once per suffix, and no token is padding."""
-    import torch
+    import torch  # as in continuation_batch
 
     lens = [len(x) for x in seqs]
     total = sum(lens)

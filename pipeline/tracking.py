@@ -17,14 +17,19 @@
   already logged by an earlier attempt (tag `tart.logged_through_step`).
 - `register_directory(...)`: register an artifact directory as a new model version and
   point an alias at it (aliases, not the deprecated stages).
+- The grid's MLflow layout (`TAG_*`, `KIND_*`, `CELL_PARAMS`, `CELL_METRICS`): the tag,
+  param and metric names `pipeline.grid` writes and `pipeline.compare` reads, in one place.
 
 Log from ONE process (the driver): many concurrent writers lock a sqlite store.
+mlflow is imported inside the functions that use it: the import takes ~4 s, and `connect`
+reports a dead server before paying for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -32,7 +37,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+
+from . import console
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -46,6 +55,32 @@ _SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 _URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]+):(?P<pw>[^/@\s]+)@")
+
+# ---------------------------------------------------------------- the grid's MLflow layout
+# One parent run per grid launch (tart.kind=grid-launch), one child run per cell (tart.kind=cell,
+# tagged with its cell_id, params CELL_PARAMS, metrics CELL_METRICS at step k, predictions.json).
+TAG_GRID = "tart.grid"  # the grid's name, on launches and cells
+TAG_KIND = "tart.kind"  # KIND_LAUNCH | KIND_CELL | KIND_COMPARE
+TAG_LAUNCH_ID = "tart.launch_id"
+TAG_HOST = "tart.host"  # the driver's host and pid: a launch whose driver died is closed as KILLED
+TAG_PID = "tart.pid"
+TAG_DATASET = "tart.dataset"
+TAG_CELL_ID = "cell_id"
+TAG_GIT_SHA = "git_sha"
+TAG_CODE_VERSION = "code_version"
+KIND_LAUNCH = "grid-launch"
+KIND_CELL = "cell"
+KIND_COMPARE = "compare"
+CELL_PARAMS = ("dataset", "dataset_options", "backbone", "protocol", "method", "reasoner", "reasoner_digest", "k",
+               "seed")
+QUALITY_METRICS = ("accuracy", "auc", "brier", "ece")  # what `compare` reads back
+CELL_METRICS = (*QUALITY_METRICS, "runtime_s")
+PREDICTIONS_ARTIFACT = "predictions.json"
+
+
+def tag_filter(key: str, value: str) -> str:
+    """An MLflow search clause `tags.<key> = '<value>'` (the key quoted: ours contain dots)."""
+    return f"tags.`{key}` = '{value}'"
 
 
 class TrackingError(RuntimeError):
@@ -98,13 +133,15 @@ def _probe_http(uri: str, timeout: float) -> None:
 
 
 def connect(uri: Optional[str] = None, retries: int = 4, backoff_s: float = 1.0, timeout_s: float = 5.0,
-            log=print) -> str:
+            log: Optional[Callable[[str], None]] = None) -> str:
     """Resolve the tracking URI, check that it is usable, set it on mlflow; returns it.
 
     http(s): GET /health up to `retries` + 1 times with exponential backoff
     (backoff_s, 2*backoff_s, ...), then TrackingError. sqlite: the database's
-    directory must exist or be creatable.
+    directory must exist or be creatable. Retries are reported to `log` (default: this
+    module's logger, as warnings).
     """
+    log = log or logger.warning
     uri = resolve_tracking_uri(uri)
     shown = redact(uri)
     if uri.startswith(("http://", "https://")):
@@ -134,8 +171,9 @@ def connect(uri: Optional[str] = None, retries: int = 4, backoff_s: float = 1.0,
             raise TrackingError(f"MLflow sqlite store {shown}: cannot create its directory ({e})") from None
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow sqlite store {shown}: directory {db.parent} is not writable")
-    import mlflow  # after the probe: a dead server is reported without paying for the import
+    import mlflow  # after the probe: a dead server is reported without paying for the import (~4 s)
 
+    console.route_third_party()  # MLflow installs its log handlers on import
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

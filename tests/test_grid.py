@@ -148,6 +148,50 @@ def test_audio_grid_runs_end_to_end_and_learns(tmp_path):
     assert (df["accuracy"] >= 0.7).all(), df[["method", "seed", "accuracy"]]  # measured 0.80-0.93 at k=32
 
 
+def _unit(keys, fail_at=None, skip=None):
+    """An executor unit: one result per key, a failure at `fail_at`, None where skipped."""
+    for key in keys:
+        if skip is not None and skip(key):
+            yield None
+            continue
+        if key == fail_at:
+            raise ValueError(f"boom at {key}")
+        yield {"key": key}
+
+
+def test_local_executor_hands_back_each_key_with_its_result_error_or_skip():
+    from pipeline.grid.executor import Executor
+
+    ex = Executor(remote=False, skip=lambda key: key == "s")
+    ex.submit(_unit, ["a", "b", "c"], "b")  # fails at b: b and c fail, a is kept
+    ex.submit(_unit, ["s", "d"])  # the other unit goes on; s was finished elsewhere
+    got = [(o.key, o.result, type(o.error).__name__ if o.error else None) for o in ex.outcomes()]
+    assert got == [("a", {"key": "a"}, None), ("b", None, "ValueError"), ("c", None, "ValueError"),
+                   ("s", None, None), ("d", {"key": "d"}, None)]
+    assert list(ex.outcomes()) == [] and ex.busy_s >= 0
+
+
+def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_path, monkeypatch, capsys):
+    import pipeline.grid.cells as cells
+    from pipeline.grid import main
+
+    def lr_full_fails(name, *args, **kw):
+        if name == "lr_full":
+            raise RuntimeError("injected failure")
+        return run_method(name, *args, **kw)
+
+    run_method = cells.run_method
+    monkeypatch.setattr(cells, "run_method", lr_full_fails)
+    over = ["name=t", "datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[lr_probe,lr_full]", "ks=[18]",
+            "seeds=[0]", "test_size=30", "train_size=64", "executor=local", f"storage={tmp_path}/grids",
+            f"cache_uri={tmp_path}/emb", f"mlflow_uri=sqlite:///{tmp_path}/mlflow.db"]
+    assert main(over) == 1
+    out, err = capsys.readouterr()
+    assert "tart grid: 1 of 2 cell(s) failed" in err and "Traceback" not in out + err
+    assert "| sms_spam | minilm-l6 | lr_probe | 18 |" in out  # the comparison of what finished
+    assert list(read_results(load_config(GridSpec, None, over))["method"]) == ["lr_probe"]
+
+
 def test_metrics_are_correct():
     y = np.array([0, 0, 1, 1])
     m = cell_metrics(y, np.array([0.1, 0.6, 0.8, 0.9]))

@@ -9,6 +9,7 @@ its storage and its MLflow, not about Ray scheduling, which test_grid/test_jobs 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -43,6 +44,20 @@ def _env() -> dict:
 def emb_cache(tmp_path_factory):
     """An embedding cache shared by the tests of this module (computed by the first grid)."""
     return str(tmp_path_factory.mktemp("emb"))
+
+
+@pytest.fixture
+def pipeline_log(caplog):
+    """The `pipeline` loggers' records (INFO and up), whether or not a CLI set up the console."""
+    lg = logging.getLogger("pipeline")
+    level = lg.level
+    lg.addHandler(caplog.handler)
+    lg.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        lg.removeHandler(caplog.handler)
+        lg.setLevel(level)
 
 
 def _overrides(tmp_path: Path, cache: str, mlflow_uri: str, name: str = "faults") -> list[str]:
@@ -188,7 +203,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, emb_cache, small_disk, capsys):
+def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, emb_cache, small_disk, pipeline_log):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     over = [o for o in _overrides(tmp_path, emb_cache, uri, name="full") if not o.startswith("storage=")]
     spec = _spec([*over, f"storage={small_disk}"])
@@ -199,7 +214,7 @@ def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, e
     for p in files:
         assert pq.read_table(p).num_rows == 1
     assert not [p for p in (Path(small_disk) / "full" / "cells").iterdir() if p.name.startswith("_tmp-")]
-    assert "skipping unreadable" not in capsys.readouterr().err
+    assert "skipping unreadable" not in pipeline_log.text
     written = {p.stem for p in files}
     assert {r.data.tags["cell_id"] for r in _mlflow_cell_runs(uri, "full")} == written
 
@@ -210,7 +225,7 @@ def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, e
     _assert_each_cell_once(spec, uri)
 
 
-def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, capsys):
+def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, pipeline_log):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = _spec(_overrides(tmp_path, emb_cache, uri, name="trunc"))
     run_grid(spec)
@@ -219,7 +234,7 @@ def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, capsy
     victim.write_bytes(data[: len(data) // 2])
     df = read_results(spec)
     assert len(df) == N_CELLS - 1 and victim.stem not in set(df["cell_id"])
-    assert f"skipping unreadable result file {victim}" in capsys.readouterr().err
+    assert f"skipping unreadable result file {victim}" in pipeline_log.text
     summary = run_grid(spec)
     assert summary["cells_run"] == 1 and summary["cells_skipped"] == N_CELLS - 1
     _assert_each_cell_once(spec, uri)  # the cell was in MLflow already: not logged twice

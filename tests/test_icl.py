@@ -33,8 +33,13 @@ def sms():
 
 
 def test_prompt_template():
+    from pipeline.prompts import build_prompt
+
     p = context_prompt(["a b", "c"], [1, 0], ("ham", "spam")) + query_prompt("q")
     assert p == "Sentence: a b\nLabel: spam\nSentence: c\nLabel: ham\nSentence: q\nLabel:"
+    # one template (pipeline.prompts): icl puts texts in as they are, the embedding protocols normalise them
+    assert context_prompt(["a  b\n c"], [0], ("ham", "spam")) == "Sentence: a  b\n c\nLabel: ham\n"
+    assert build_prompt(["a  b\n c"], ["ham"]).text == "Sentence: a b c\nLabel: ham\n"
 
 
 def test_prompt_tokens_split_cleanly(lm, sms):

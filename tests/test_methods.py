@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.methods import MethodError, fit_whitening, known_methods, run_method
+from pipeline.methods import EMBEDDINGS, TEXTS, MethodError, fit_whitening, get_method, known_methods, run_method
 from pipeline.reasoner import load_reasoner
 
 
@@ -34,6 +34,26 @@ def test_registry_lists_methods():
     assert {"tart", "lr_probe", "lr_full"} <= set(known_methods())
     with pytest.raises(MethodError, match="unknown method 'nope'"):
         run_method("nope", np.zeros((20, 3)), np.arange(20) % 2, np.zeros((1, 3)))
+
+
+def test_registry_describes_every_method_icl_included():
+    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "tart"]
+    assert known_methods(runs_on=TEXTS) == ["icl"] and known_methods(needs_reasoner=True) == ["tart"]
+    icl = get_method("icl")
+    assert icl.needs_causal and icl.protocol == "prompt" and icl.modalities == ("text",)
+    assert icl.accepts("causal", "text") and icl.accepts(None, "text")  # an HF id may be a causal LM
+    assert not icl.accepts("encoder", "text") and not icl.accepts("causal", "audio")
+    assert callable(icl.load_runner())
+    with pytest.raises(MethodError, match="'icl' runs on the raw texts"):
+        run_method("icl", np.zeros((20, 3)), np.arange(20) % 2, np.zeros((1, 3)))
+    # what tart needs, in one place: k > d (its reasoner's d) and k within the reasoner's trained context
+    tart = get_method("tart")
+    assert tart.context_problems(32, reasoner_d=16, reasoner_max_k=257) == []
+    assert any("k=16 <= d=16" in p for p in tart.context_problems(16, reasoner_d=16))
+    assert any("k=300 exceeds" in p for p in tart.context_problems(300, reasoner_d=16, reasoner_max_k=257))
+    assert any("larger than" in p for p in tart.context_problems(64, dims=32, reasoner_d=16))
+    assert get_method("lr_probe").dims() == 16 and get_method("lr_full").dims() is None
+    assert get_method("lr_full").context_problems(4) == []
 
 
 def test_whitening_is_white_on_context_and_fits_context_only():

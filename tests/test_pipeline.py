@@ -8,6 +8,7 @@ it next to the shipped default) and that a re-submitted pipeline redoes nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -46,12 +47,26 @@ def configs(tmp_path_factory):
                                 f"storage={d}/runs"]}
 
 
+@pytest.fixture
+def pipeline_log(caplog):
+    """The `pipeline` loggers' records (INFO and up), whether or not a CLI set up the console."""
+    lg = logging.getLogger("pipeline")
+    level = lg.level
+    lg.addHandler(caplog.handler)
+    lg.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        lg.removeHandler(caplog.handler)
+        lg.setLevel(level)
+
+
 def _stage_times(out: str) -> dict:
     line = next(ln for ln in out.splitlines() if ln.startswith("[pipeline] stage times: "))
     return json.loads(line.split(": ", 1)[1])
 
 
-def test_pipeline_hands_over_stages_and_resubmission_redoes_nothing(ray_local, configs, capsys):
+def test_pipeline_hands_over_stages_and_resubmission_redoes_nothing(ray_local, configs, capsys, pipeline_log):
     root = configs["root"]
     assert main(configs["args"]) == 0
     out = capsys.readouterr().out
@@ -78,8 +93,9 @@ def test_pipeline_hands_over_stages_and_resubmission_redoes_nothing(ray_local, c
 
     # the same job submitted again: shards skipped, training already at its last step, no cell recomputed
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    pipeline_log.clear()
     assert main(configs["args"]) == 0
     out = capsys.readouterr().out
-    assert "3 cells, 3 already in the results table, 0 to run" in out, out[-3000:]
+    assert "3 cells, 3 already in the results table, 0 to run" in pipeline_log.text, pipeline_log.text[-3000:]
     assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
     assert len(read_results(spec)) == 3

@@ -1,0 +1,89 @@
+"""What one unit of grid work computes: the episodes of a group, then its cells' results.
+
+- `group_episodes(spec, cells)`: the cells of one (dataset, backbone, protocol) group share
+  embeddings, computed (or read from the embed stage's cache) once; each cell gets its
+  episode (context embeddings and labels, query embeddings, labels and ids).
+- `run_embedding_cells(cells, episodes)` and `run_text_cells(cells, batch_size)`: the two
+  kinds of unit the executor runs (locally or as Ray tasks), each yielding per cell
+  {probs, runtime_s, labels, ids}. Which kind a cell is comes from the method registry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Optional
+
+import numpy as np
+
+from ..datasets import context_sets
+from ..embed import get_embeddings
+from ..methods import get_method, run_method
+from .spec import Cell, GridSpec, reasoner_dir
+
+
+class Episode(NamedTuple):
+    Xc: np.ndarray  # (k, D) context embeddings
+    yc: np.ndarray  # (k,) context labels
+    Xq: np.ndarray  # (q, D) query (test) embeddings
+    yq: np.ndarray  # (q,) query labels
+    ids: list  # (q,) query example ids
+
+
+def group_episodes(spec: GridSpec, cells: list[Cell]) -> tuple[dict[Cell, Episode], int]:
+    """The episode of every cell of one (dataset, backbone, protocol) group, and the forward passes spent."""
+    c0 = cells[0]
+    common = dict(dataset_options=c0.options, cache_uri=spec.cache_uri, executor=spec.executor,
+                  actors=spec.embed_actors, batch_size=spec.embed_batch_size, gpus_per_actor=spec.gpus_per_actor,
+                  torch_threads=spec.embed_torch_threads, dtype=c0.backbone_dtype, splits=["train", "test"])
+    if c0.protocol == "stream":
+        # both splits in one call: on Ray, one actor pool (one model load) for the two
+        both = get_embeddings(c0.dataset, "train", c0.backbone, "stream", **common)
+        train, test = both.select("train"), both.select("test")
+        episodes = {}
+        for c in cells:
+            ctx = context_sets(train.labels, [c.k], c.seed)[c.k]
+            episodes[c] = Episode(train.X[ctx], train.labels[ctx], test.X, test.labels, test.ids)
+        return episodes, both.forward_passes
+    # vanilla / loo: context-dependent, per (k, seed); all of them computed (or read from the
+    # cache) in one call, one Ray task per seed in parallel, then picked per cell
+    every = get_embeddings(c0.dataset, "train", c0.backbone, c0.protocol, k=c0.k, seed=c0.seed,
+                           ks=sorted({c.k for c in cells}), seeds=sorted({c.seed for c in cells}), **common)
+    episodes = {}
+    for c in cells:
+        tr, te = every.select("train", c.k, c.seed), every.select("test", c.k, c.seed)
+        episodes[c] = Episode(tr.X, tr.labels, te.X, te.labels, te.ids)
+    return episodes, every.forward_passes
+
+
+_REASONERS: dict[str, Any] = {}  # per process (a Ray worker runs many cells): each checkpoint loaded once
+
+
+def _reasoner(ref: str) -> Any:
+    from ..reasoner import load_reasoner  # imports torch (~3 s): only processes that run tart cells
+
+    if ref not in _REASONERS:
+        _REASONERS[ref] = load_reasoner(reasoner_dir(ref))
+    return _REASONERS[ref]
+
+
+def run_embedding_cells(cells: list[Cell], episodes: list[Episode],
+                        skip: Optional[Callable[[Cell], bool]] = None) -> Iterator[Optional[dict]]:
+    """Unit body: each cell's method on its episode (None where `skip(cell)`: finished elsewhere)."""
+    for cell, ep in zip(cells, episodes):
+        if skip is not None and skip(cell):
+            yield None
+            continue
+        t0 = time.time()
+        reasoner = _reasoner(cell.reasoner) if get_method(cell.method).needs_reasoner else None
+        p = run_method(cell.method, ep.Xc, ep.yc, ep.Xq, reasoner=reasoner)
+        yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0, "labels": ep.yq, "ids": ep.ids}
+
+
+def run_text_cells(cells: list[Cell], batch_size: int,
+                   skip: Optional[Callable[[Cell], bool]] = None) -> Iterator[Optional[dict]]:
+    """Unit body: cells of one text method, dataset and backbone, through the method's runner
+    (which loads the backbone once for all of them)."""
+    c0 = cells[0]
+    runner = get_method(c0.method).load_runner()
+    yield from runner(c0.dataset, c0.options, c0.backbone, c0.backbone_dtype, [(c.k, c.seed) for c in cells],
+                      batch_size, skip=(lambda i: skip(cells[i])) if skip is not None else None)

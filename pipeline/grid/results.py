@@ -1,0 +1,123 @@
+"""The results table: the source of truth of a grid, one Parquet file per finished cell.
+
+    <storage>/<grid>/cells/<cell_id>.parquet   one row (`cell_row`), written atomically
+    <storage>/<grid>/results.parquet           every row, consolidated at the end of a launch
+
+A killed grid loses nothing finished, and two concurrent grids cannot corrupt or duplicate
+a row (same id, same file name, atomic replace). A row holds the cell's fields, its id,
+metrics (`cell_metrics`), runtime and, per test example, its id, label and P(y=1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..storage import StorageError, atomic_write_bytes, check_writable, join, list_names, resolve
+from .spec import CODE_VERSION, Cell, GridSpec
+
+logger = logging.getLogger(__name__)
+
+
+def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
+    """accuracy, AUC, Brier score and ECE (over the confidence of the predicted class) of P(y=1) `p`."""
+    from sklearn.metrics import roc_auc_score  # ~3 s to import: only when a cell is scored
+
+    y = np.asarray(y, dtype=np.int64)
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    pred = (p >= 0.5).astype(np.int64)
+    out = {"accuracy": float((pred == y).mean()), "brier": float(((p - y) ** 2).mean())}
+    out["auc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    conf = np.where(pred == 1, p, 1 - p)
+    edges = np.linspace(0.5, 1.0, bins // 2 + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, len(edges) - 2)
+    ece = 0.0
+    for b in range(len(edges) - 1):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
+    out["ece"] = float(ece)
+    return out
+
+
+def cell_row(cell: Cell, result: dict, grid: str) -> dict:
+    """The table row of a finished cell; `result` holds probs, runtime_s, labels, ids (the test split's)."""
+    labels = result["labels"]
+    row = dataclasses.asdict(cell)
+    row.update(cell_id=cell.cell_id, grid=grid, code_version=CODE_VERSION, n_test=int(len(labels)),
+               runtime_s=float(result["runtime_s"]), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               probs=[float(x) for x in result["probs"]], labels=[int(x) for x in labels],
+               test_ids=list(result["ids"]))
+    row.update(cell_metrics(labels, result["probs"]))
+    return row
+
+
+def cells_dir(spec: GridSpec) -> str:
+    return join(join(spec.storage, spec.name), "cells")
+
+
+def check_storage(spec: GridSpec) -> None:
+    """StorageError (naming the URI and the fix) unless the grid's cells folder is writable."""
+    fs, path = resolve(cells_dir(spec))
+    check_writable(fs, path, cells_dir(spec))
+
+
+def finished_elsewhere(spec: GridSpec, cell: Cell) -> bool:
+    """True if another driver (a concurrent run of this grid) wrote the cell meanwhile.
+
+    The file must read back as a result: a truncated or foreign file is recomputed.
+    """
+    fs, path = resolve(cells_dir(spec))
+    try:
+        return pq.read_metadata(io.BytesIO(fs.cat_file(f"{path}/{cell.cell_id}.parquet"))).num_rows == 1
+    except Exception:  # noqa: BLE001 - missing or unreadable: not finished
+        return False
+
+
+def read_results(spec: GridSpec) -> pd.DataFrame:
+    """The results table of a grid: one row per finished cell (unreadable files skipped, with a warning)."""
+    fs, path = resolve(cells_dir(spec))
+    frames = []
+    for name in list_names(fs, path):
+        if not name.endswith(".parquet") or name.startswith("_"):
+            continue
+        try:
+            frames.append(pq.read_table(io.BytesIO(fs.cat_file(f"{path}/{name}"))).to_pandas())
+        except Exception as e:  # noqa: BLE001 - a foreign/corrupt file must not hide the others
+            logger.warning(f"[grid] skipping unreadable result file {path}/{name}: {e}")
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).drop_duplicates("cell_id", keep="last")
+
+
+def write_cell_result(spec: GridSpec, row: dict) -> None:
+    """Write one row as its cell's file; StorageError (finished cells intact) if the storage fails."""
+    fs, path = resolve(cells_dir(spec))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row]), buf)
+    try:
+        fs.makedirs(path, exist_ok=True)
+        atomic_write_bytes(fs, f"{path}/{row['cell_id']}.parquet", buf.getvalue())
+    except OSError as e:  # disk full, storage gone read-only, ...: stop; finished cells are intact
+        raise StorageError(
+            f"cannot write the result of cell {row['cell_id']} to {cells_dir(spec)!r}: {type(e).__name__}: {e}. "
+            f"Cells already written are intact; fix the storage and re-run (finished cells are skipped)"
+        ) from None
+
+
+def write_results_table(spec: GridSpec) -> str:
+    """Consolidate the per-cell files into <storage>/<grid>/results.parquet (atomic); returns its URI."""
+    df = read_results(spec)
+    uri = join(join(spec.storage, spec.name), "results.parquet")
+    fs, path = resolve(uri)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(fs, path, buf.getvalue())
+    return uri
