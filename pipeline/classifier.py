@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening
+from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening, get_method
 from pipeline.modality import BACKBONE_KIND_MODALITY, adapter
 
 try:  # scikit-learn gives get_params/set_params/clone and `score` (accuracy)
@@ -117,15 +117,11 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
                 f"({classes[:5].tolist()}{' ...' if len(classes) > 5 else ''})"
             )
         reasoner = self._get_reasoner()
-        if self.d > reasoner.d:
-            raise MethodError(f"d={self.d} is larger than the reasoner's trained d={reasoner.d}")
         n = len(X) if hasattr(X, "__len__") else None
         if n is not None and n != len(y):
             raise MethodError(f"X has {n} examples but y has {len(y)} labels")
-        if len(y) <= self.d:
-            raise MethodError(f"k={len(y)} examples for d={self.d}: TART needs k > d (k >= {self.d + 1})")
-        if len(y) > reasoner.max_k:
-            raise MethodError(f"k={len(y)} examples: the reasoner was trained on at most {reasoner.max_k}")
+        # what tart needs of k and d lives in the method registry (the grid asks the same)
+        get_method("tart").check_context(len(y), dims=self.d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k)
         E = self._embed(X)
         if E.shape[0] != len(y):
             raise MethodError(f"X has {E.shape[0]} examples but y has {len(y)} labels")

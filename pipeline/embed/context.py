@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..prompts import build_prompt, continuation_batch, tokenize_prompt
+from ..prompts import build_prompt, cache_argument, continuation_batch, tokenize_prompt
 from ..runtime import init_ray
 from .config import CONTEXT_PROTOCOLS, EmbedConfig, EmbedError
 from .stream import warm_embedder
@@ -36,20 +36,13 @@ def _hidden(bb: Any, ids: Sequence[int], past: Any = None) -> tuple[Any, Any]:
     import torch
 
     x = torch.tensor([list(ids)], dtype=torch.long, device=bb.device)
-    kw = {_cache_arg(bb.model): past} if past is not None else {}
+    kw = {cache_argument(bb.model): past} if past is not None else {}
     with torch.inference_mode():
         out = bb.model(input_ids=x, use_cache=True, output_hidden_states=bb.layer != -1, return_dict=True, **kw)
     bb.forward_count += 1
     h = out.last_hidden_state if bb.layer == -1 else out.hidden_states[bb.layer]
     new = getattr(out, "cache", None)
     return h[0].float(), new if new is not None else getattr(out, "past_key_values", None)
-
-
-def _cache_arg(model: Any) -> str:
-    """transformers >= 5.2x names the KV-cache argument `cache` (`past_key_values` is deprecated)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _hidden_batch(bb: Any, suffixes: list[list[int]], past: Any, past_len: int) -> Any:
@@ -66,7 +59,7 @@ def _hidden_batch(bb: Any, suffixes: list[list[int]], past: Any, past_len: int) 
             cache.batch_repeat_interleave(n)
         out = bb.model(input_ids=ids.to(bb.device), attention_mask=mask.to(bb.device), position_ids=pos.to(bb.device),
                        use_cache=True, output_hidden_states=bb.layer != -1, return_dict=True,
-                       **{_cache_arg(bb.model): cache})
+                       **{cache_argument(bb.model): cache})
     bb.forward_count += 1
     h = out.last_hidden_state if bb.layer == -1 else out.hidden_states[bb.layer]
     return h.float()
