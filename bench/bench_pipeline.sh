@@ -17,8 +17,8 @@ export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 TRANSFO
 export TART_CACHE="$OUT/cache"
 "$R/.venv/bin/python" "$R/bench/rss_by_title.py" "$OUT/rss_peaks.json" & SAMPLER=$!
 cd "$OUT"
-/usr/bin/time -v "$R/.venv/bin/tart" pipeline --generate-config "$R/configs/generate/small.yaml" \
-  --train-config "$R/configs/train/tiny-cpu.yaml" --grid-config "$R/configs/grids/default.yaml" \
+/usr/bin/time -v "$R/.venv/bin/tart" pipeline "generate_config=$R/configs/generate/small.yaml" \
+  "train_config=$R/configs/train/tiny-cpu.yaml" "grid_config=$R/configs/grids/default.yaml" \
   "storage=$OUT/runs" > "$OUT/pipeline.log" 2>&1 || echo "pipeline exit status $?"
 kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
 grep -E '^\[pipeline\] stage times|^\[grid\] done|Maximum resident|Elapsed \(wall' "$OUT/pipeline.log"

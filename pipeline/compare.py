@@ -1,8 +1,8 @@
 """Stage 5: MLflow runs (or a grid's results table) become tables and plots.
 
     tart compare                                  # every grid in the default experiment
-    tart compare --grid default --grid nightly    # two grids side by side
-    tart compare --dataset sms_spam --backbone smollm2-135m --out reports/
+    tart compare grids=[default,nightly]          # two grids side by side
+    tart compare dataset=sms_spam backbone=smollm2-135m out=reports/
 
 Outputs: a markdown table of mean accuracy +- std over seeds per
 dataset x backbone x method x k (one column per grid when several are compared), the
@@ -13,15 +13,16 @@ also logged as artifacts to an MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
+from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .methods import TEXTS, known_methods
 from .storage import join
 from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELL_ID, TAG_GRID, TAG_KIND, connect,
@@ -211,30 +212,50 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
     return {**rep, "text": "\n".join(lines)}
 
 
+@dataclass
+class CompareConfig:
+    mlflow_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str = "tart-grid"
+    grids: list[str] = field(default_factory=list)  # grid ids to include (several: side by side); []: all
+    dataset: Optional[str] = None
+    backbone: Optional[str] = None
+    out: str = "tart_runs/compare/latest"  # directory for markdown, CSV and PNG outputs
+    log_run: bool = False  # log the outputs as artifacts of a new MLflow run
+
+
+FIELD_HELP = {
+    "mlflow_uri": "tracking URI (null: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    "experiment": "MLflow experiment of the grids",
+    "grids": "grid ids to include, e.g. grids=[default,nightly] (empty: every grid)",
+    "dataset": "only this dataset",
+    "backbone": "only this backbone",
+    "out": "directory for the markdown, CSV and PNG outputs",
+    "log_run": "also log the outputs as artifacts of a new MLflow run",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tart compare", description="Compare grid results stored in MLflow.")
-    ap.add_argument("--mlflow-uri", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
-    ap.add_argument("--experiment", default="tart-grid")
-    ap.add_argument("--grid", action="append", default=None, help="grid id to include (repeat to compare grids)")
-    ap.add_argument("--dataset", default=None)
-    ap.add_argument("--backbone", default=None)
-    ap.add_argument("--out", default="tart_runs/compare/latest", help="directory for markdown, CSV and PNG outputs")
-    ap.add_argument("--log-run", action="store_true", help="log the outputs as artifacts of a new MLflow run")
-    a = ap.parse_args(argv)
+    p = stage_parser("tart compare", "Compare grid results stored in MLflow: tables and plots.",
+                     defaults_epilog(CompareConfig(), FIELD_HELP, [
+                         "  tart compare grids=[nightly-2026-11-24,nightly-2026-11-25] out=reports/",
+                         "  tart compare dataset=sms_spam backbone=smollm2-135m",
+                     ]), "compare.yaml", "grids=[default] out=reports/", ray=False)
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        df = load_runs(a.mlflow_uri, a.experiment, a.grid, a.dataset, a.backbone)
-        rep = report(df, Path(a.out))
-    except CompareError as e:
+        cfg = load_config(CompareConfig, a.config, a.overrides)
+        df = load_runs(cfg.mlflow_uri, cfg.experiment, cfg.grids or None, cfg.dataset, cfg.backbone)
+        rep = report(df, Path(cfg.out))
+    except (ConfigError, CompareError) as e:
         print(f"tart compare: error: {e}", file=sys.stderr)
         return 2
     print(rep["markdown"])
-    print(f"\nplots and tables: {Path(a.out).resolve()}")
-    if a.log_run:
+    print(f"\nplots and tables: {Path(cfg.out).resolve()}")
+    if cfg.log_run:
         import mlflow  # set up by load_runs' connect
 
-        mlflow.set_experiment(a.experiment)
+        mlflow.set_experiment(cfg.experiment)
         with mlflow.start_run(run_name="compare", tags={TAG_KIND: KIND_COMPARE}) as run:
-            mlflow.log_artifacts(a.out, artifact_path="compare")
+            mlflow.log_artifacts(cfg.out, artifact_path="compare")
             print(f"logged to MLflow run {run.info.run_id}")
     return 0
 

@@ -1,8 +1,8 @@
 """The whole pipeline as one job: generate -> train -> grid (-> compare).
 
-    tart pipeline --generate-config configs/generate/small.yaml \
-                  --train-config configs/train/tiny-cpu.yaml \
-                  --grid-config configs/grids/default.yaml \
+    tart pipeline generate_config=configs/generate/small.yaml \
+                  train_config=configs/train/tiny-cpu.yaml \
+                  grid_config=configs/grids/default.yaml \
                   storage=tart_runs/pipeline
 
 Each stage is the same code as its own subcommand and keeps its own idempotence, so a
@@ -14,42 +14,58 @@ grid cells failed (re-run), 2 an invalid config.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 
 from .compare import compare_from_table
-from .config import ConfigError, load_config
+from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .generate import GenerateConfig, generate
 from .grid import GridSpec, read_results, run_grid
+from .runtime import init_ray
 from .storage import join
 from .train import TrainConfig, train
 
 
+@dataclass
+class PipelineConfig:
+    generate_config: str = "configs/generate/small.yaml"
+    train_config: str = "configs/train/tiny-cpu.yaml"
+    grid_config: str = "configs/grids/default.yaml"
+    storage: str = "tart_runs/pipeline"  # root of every stage's output
+    skip_train: bool = False  # evaluate the shipped reasoner only
+
+
+FIELD_HELP = {
+    "generate_config": "config of the generate stage (its output goes under storage/episodes)",
+    "train_config": "config of the train stage (data = the generated episodes, storage/train)",
+    "grid_config": "grid spec (storage/grids); the trained reasoner joins its reasoners",
+    "storage": "root URI of every stage's output",
+    "skip_train": "no training: the grid scores the shipped reasoner only",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tart pipeline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--generate-config", default="configs/generate/small.yaml")
-    ap.add_argument("--train-config", default="configs/train/tiny-cpu.yaml")
-    ap.add_argument("--grid-config", default="configs/grids/default.yaml")
-    ap.add_argument("--skip-train", action="store_true", help="evaluate the shipped reasoner only")
-    ap.add_argument("storage", nargs="?", default="storage=tart_runs/pipeline",
-                    help="storage=URI: root of every stage's output (default tart_runs/pipeline)")
-    a = ap.parse_args(argv)
-    if not a.storage.startswith("storage="):
-        ap.error("the only positional argument is storage=URI")
-    root = a.storage.split("=", 1)[1]
+    p = stage_parser("tart pipeline", __doc__.splitlines()[0],
+                     defaults_epilog(PipelineConfig(), FIELD_HELP, [
+                         "  tart pipeline storage=tart_runs/pipeline",
+                         "  tart pipeline grid_config=configs/grids/paper.yaml storage=s3://bucket/tart --address auto",
+                     ]), "pipeline.yaml", "storage=tart_runs/pipeline skip_train=true")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        gen_cfg = load_config(GenerateConfig, a.generate_config, [f"output={join(root, 'episodes')}"])
-        grid = load_config(GridSpec, a.grid_config, [f"storage={join(root, 'grids')}"])
+        cfg = load_config(PipelineConfig, a.config, a.overrides)
+        root = cfg.storage
+        gen_cfg = load_config(GenerateConfig, cfg.generate_config, [f"output={join(root, 'episodes')}"])
+        grid = load_config(GridSpec, cfg.grid_config, [f"storage={join(root, 'grids')}"])
         train_cfg = None
-        if not a.skip_train:
-            train_cfg = load_config(TrainConfig, a.train_config,
+        if not cfg.skip_train:
+            train_cfg = load_config(TrainConfig, cfg.train_config,
                                     [f"data={gen_cfg.output}", f"storage={join(root, 'train')}"])
     except ConfigError as e:
         print(f"tart pipeline: error: {e}", file=sys.stderr)
         return 2
+    init_ray(a.address, a.num_cpus)  # one Ray for the three stages (each is a no-op start after this)
     # wall time per stage (the grid's own split: embed / cells / MLflow), printed at the end
     times: dict[str, float] = {}
     t = time.time()

@@ -269,7 +269,7 @@ def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path):
     spec = _spec(tmp_path, methods="[tart,lr_probe]", seeds="[0,1]")
     run_grid(spec)
     out = tmp_path / "cmp"
-    rc = compare_main(["--mlflow-uri", spec.mlflow_uri, "--grid", "t", "--out", str(out)])
+    rc = compare_main([f"mlflow_uri={spec.mlflow_uri}", "grids=[t]", f"out={out}"])
     assert rc == 0
     md = (out / "summary.md").read_text()
     assert "| sms_spam | minilm-l6 | tart | 18 |" in md and "Gain of tart over lr_probe" in md
@@ -279,4 +279,4 @@ def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path):
 
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["count"]) == {2}  # two seeds per (method, k)
-    assert compare_main(["--mlflow-uri", spec.mlflow_uri, "--grid", "nosuchgrid", "--out", str(out)]) == 2
+    assert compare_main([f"mlflow_uri={spec.mlflow_uri}", "grids=[nosuchgrid]", f"out={out}"]) == 2

@@ -277,7 +277,7 @@ def test_grid_to_mlflow_server_then_compare(mlflow_server, tmp_path):
     assert "predictions.json" in arts
 
     out = tmp_path / "cmp"
-    assert compare_main(["--mlflow-uri", mlflow_server, "--grid", name, "--out", str(out)]) == 0
+    assert compare_main([f"mlflow_uri={mlflow_server}", f"grids=[{name}]", f"out={out}"]) == 0
     md = (out / "summary.md").read_text()
     assert "tart" in md and "lr_full" in md and "sms_spam" in md
     rows = [ln for ln in md.splitlines() if ln.startswith("| sms_spam")]

@@ -43,7 +43,7 @@ def configs(tmp_path_factory):
         "name": "pipe", "datasets": ["sms_spam"], "backbones": ["minilm-l6"], "methods": ["tart", "lr_probe"],
         "reasoners": ["default"], "ks": [18], "seeds": [0], "test_size": 30, "train_size": 64,
         "cache_uri": str(d / "emb"), "mlflow_uri": mlflow, "cpus_per_cell": 0.5})
-    return {"root": d, "args": ["--generate-config", gen, "--train-config", train, "--grid-config", grid,
+    return {"root": d, "grid": grid, "args": [f"generate_config={gen}", f"train_config={train}", f"grid_config={grid}",
                                 f"storage={d}/runs"]}
 
 
@@ -75,7 +75,7 @@ def test_pipeline_hands_over_stages_and_resubmission_redoes_nothing(ray_local, c
     final = root / "runs" / "train" / "pipe" / "final"
     assert (final / "model.safetensors").exists() and (final / "config.json").exists()
 
-    spec = load_config(GridSpec, configs["args"][5], [f"storage={root}/runs/grids"])
+    spec = load_config(GridSpec, configs["grid"], [f"storage={root}/runs/grids"])
     df = read_results(spec)
     # every cell twice over reasoners for tart (shipped default + the one just trained), once for lr_probe
     tart = df[df["method"] == "tart"]
