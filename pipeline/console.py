@@ -37,7 +37,11 @@ class _State:
     verbose = False
     log_file: Optional[Path] = None
     file_handler: Optional[logging.Handler] = None
-    live: Optional["Progress"] = None  # the progress line currently drawn on the terminal
+    stack: list = []  # live progress displays, innermost last: only the innermost is drawn
+
+    @classmethod
+    def top(cls) -> Optional["Progress"]:
+        return cls.stack[-1] if cls.stack else None
     native_filter = False
     lock = threading.RLock()
 
@@ -63,7 +67,7 @@ class _LineHandler(logging.Handler):
         try:
             text = self.format(record)
             with _State.lock:
-                live = _State.live
+                live = _State.top()
                 if live is not None:
                     live._clear()
                 out = self.stream or sys.stdout
@@ -195,9 +199,12 @@ class Progress:
         self.stream = stream or sys.stdout
         self.live = _State.configured and hasattr(self.stream, "isatty") and self.stream.isatty()
         self._width = 0
-        if self.live:
+        if self.live:  # a nested display (an embedding pass inside the grid's cells) takes the line
             with _State.lock:
-                _State.live = self
+                outer = _State.top()
+                if outer is not None:
+                    outer._clear()
+                _State.stack.append(self)
                 self._draw()
 
     @property
@@ -228,8 +235,9 @@ class Progress:
             if note:
                 self.note = note
             if self.live:
-                self._clear()
-                self._draw()
+                if _State.top() is self:
+                    self._clear()
+                    self._draw()
             elif time.time() - self._last >= self.every_s or self.done + self.failed >= self.total:
                 self._last = time.time()
                 self._emit_line()
@@ -238,11 +246,14 @@ class Progress:
         with _State.lock:
             if self.live:
                 self._clear()
-                if _State.live is self:
-                    _State.live = None
+                if self in _State.stack:
+                    _State.stack.remove(self)
                 self.live = False
             if self.done + self.failed < self.total or self._last == self.t0:
                 self._emit_line()
+            outer = _State.top()
+            if outer is not None:
+                outer._draw()
 
     def _emit_line(self) -> None:
         logging.getLogger("pipeline.progress").info(self.line())

@@ -92,3 +92,24 @@ def test_progress_redraws_one_line_on_a_terminal():
     assert "\r[cells] 1/4 cells" in out and "\r[cells] 4/4 cells" in out  # redrawn in place
     for i in range(4):  # log lines still come out whole, between redraws (the pty writes \r\n)
         assert f"line {i}\r\n" in out
+
+
+NESTED = """
+import logging
+from pipeline import console
+console.setup()
+cells = console.Progress("cells", 2, "cells", every_s=0)
+emb = console.Progress("embed", 3, "rows", every_s=0)
+emb.advance(3)
+emb.close()
+cells.advance()
+cells.advance()
+cells.close()
+"""
+
+
+def test_a_nested_progress_takes_the_line_and_gives_it_back():
+    out = _run(NESTED, tty=True).stdout
+    assert "\r[embed] 3/3 rows" in out
+    after = out[out.index("[embed] 3/3 rows"):]
+    assert "\r[cells] 0/2 cells" in after and "\r[cells] 2/2 cells" in after  # the outer one is redrawn
