@@ -32,6 +32,9 @@ THIRD_PARTY = ("ray", "ray.native", "ray.data", "ray.train", "ray.tune", "ray.se
                "urllib3", "filelock", "transformers", "httpx", "datasets", "fsspec", "py.warnings")
 
 
+_FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 class _State:
     configured = False
     verbose = False
@@ -95,7 +98,7 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
         path = Path(log_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(path, encoding="utf-8", delay=True)  # no file until a line comes
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setFormatter(_FILE_FORMAT)
         fh.setLevel(logging.INFO)  # Ray Data logs at DEBUG by default: megabytes of scheduler state
         if _State.file_handler is not None:
             root.removeHandler(_State.file_handler)
@@ -151,6 +154,8 @@ def route_third_party() -> None:
     """
     if not _State.configured or _State.verbose:
         return
+    if _State.file_handler is not None:  # ray.init re-formats every handler of the 'ray' logger: undo it
+        _State.file_handler.setFormatter(_FILE_FORMAT)
     errors = logging.StreamHandler(sys.stderr)
     errors.setLevel(logging.ERROR)
     errors.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
