@@ -36,18 +36,17 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> None:
 
     if ray.is_initialized():
         return
-    # Workers' stdout/stderr reach the driver only with --verbose (or in library use): their
-    # failures still come back as exceptions, and everything is in Ray's session logs.
-    quiet = {"log_to_driver": console.verbose()}
+    # Workers' output still reaches the driver (Ray Train's step lines come from its workers);
+    # the driver's own library noise is routed by the console.
     if address:
-        ray.init(address=address, logging_level="WARNING", **quiet)
+        ray.init(address=address, logging_level="WARNING")
     else:
         # local workers inherit the driver's environment: make `pipeline` importable without pip install
         root = str(Path(__file__).resolve().parents[1])
         parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if root not in parts:
             os.environ["PYTHONPATH"] = os.pathsep.join([root, *parts])
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", **quiet)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     console.route_third_party()  # Ray installs its handlers at start-up
 
 
