@@ -82,6 +82,17 @@ class _LineHandler(logging.Handler):
             self.handleError(record)
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """A log file (and its folder) that exists only once a line is written to it."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8", delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stream: TextIO | None = None) -> None:
     """Configure the console for a CLI run (idempotent; a later call may add the log file)."""
     _State.verbose = verbose
@@ -96,8 +107,7 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
         _State.configured = True
     if log_file is not None and _State.log_file != Path(log_file):
         path = Path(log_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(path, encoding="utf-8", delay=True)  # no file until a line comes
+        fh = _LazyFileHandler(path)
         fh.setFormatter(_FILE_FORMAT)
         fh.setLevel(logging.INFO)  # Ray Data logs at DEBUG by default: megabytes of scheduler state
         if _State.file_handler is not None:
@@ -150,7 +160,8 @@ def route_third_party() -> None:
     """Send the libraries' log records to the log file (errors also to stderr) unless verbose.
 
     Libraries install their own handlers when first imported or started (MLflow on import,
-    Ray Data on import, Ray at `ray.init`), so this is called again after each of those.
+    Ray Data on import, Ray at `ray.init`), so this is called again after each of those
+    (`runtime.init_ray`, the embed stage before it builds a Ray Data pipeline).
     """
     if not _State.configured or _State.verbose:
         return
@@ -163,14 +174,11 @@ def route_third_party() -> None:
         lg = logging.getLogger(name)
         lg.handlers = [h for h in (_State.file_handler, errors) if h is not None]
         lg.propagate = False
-    try:  # Ray Data's tqdm bars overlap our progress line; its plan INFO lines go to the file
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
+    data = sys.modules.get("ray.data")  # only once something uses it: importing it costs ~1 s and warnings
+    if data is not None:  # Ray Data's tqdm bars overlap our progress line; its plan INFO lines go to the file
+        ctx = data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-    except ImportError:
-        pass
 
 
 def log_file_note() -> str:

@@ -32,6 +32,7 @@ import logging, sys
 from pipeline import console
 console.setup(verbose=sys.argv[2] == "1", log_file=sys.argv[1])
 import mlflow  # installs its own handlers on import: they must not reach the terminal either
+import ray.data  # so does Ray Data (the embed stage imports it before a pipeline)
 console.route_third_party()
 logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
 logging.getLogger("ray.data").info("Execution plan: InputDataBuffer -> MapBatches")

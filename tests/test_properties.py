@@ -482,8 +482,8 @@ def test_k_not_above_d_is_rejected(d, data):
     yc = np.arange(k) % 2  # both classes present
     with pytest.raises(MethodError, match=f"k={k} context points for d={d}"):
         fit_whitening(Xc, d=d)
-    for method, reasoner in (("lr_probe", None), ("tart", _DummyReasoner())):
-        with pytest.raises(MethodError, match=f"k={k} context points for d={d}"):
+    for method, reasoner in (("lr_probe", None), ("tart", _DummyReasoner())):  # the registry's k limits
+        with pytest.raises(MethodError, match=rf"k={k} <= d={d}: .* needs k > d"):
             run_method(method, Xc, yc, Xq, reasoner=reasoner, d=d)
     # allow_small_k: still d columns, finite, at most k-1 directions carry data
     w = fit_whitening(Xc, d=d, allow_small_k=True)

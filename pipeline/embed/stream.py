@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import console
 from ..console import Progress
 from ..modality import adapter
 from ..runtime import init_ray
@@ -151,7 +152,9 @@ def stream_local(cfg: EmbedConfig, plan: Plan, todo: list[Any]) -> list[tuple[np
 def build_dataset(cfg: EmbedConfig, plan: Plan, ex: Any):
     """The Ray Data pipeline for one split: from_arrow(blocks) -> map_batches(BackboneEmbedder actor pool)."""
     import ray
+    import ray.data
 
+    console.route_third_party()  # Ray Data just set up its own logging and progress bars
     rows = rows_table(ex)
     n = rows.num_rows
     # Few, large blocks: each actor task then runs many batches back to back (per-task overhead is
