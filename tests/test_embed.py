@@ -52,6 +52,7 @@ def sms40():
 # ----------------------------------------------------------------------------- Ray Data stream path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_ray_actor_pool_matches_in_process_survives_a_crash_and_is_cached(ray_local, tmp_path, minilm, sms40):
     # One Ray run covers both: the actor process is killed on its first batch (fault injection),
@@ -86,6 +87,7 @@ def test_ray_actor_pool_matches_in_process_survives_a_crash_and_is_cached(ray_lo
     assert again.ids == t.ids
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_two_splits_share_one_actor_pool_and_equal_in_process(ray_local, tmp_path, minilm):
     """train and test asked for together run through ONE Ray Data pipeline (one actor start and
@@ -110,6 +112,7 @@ def test_two_splits_share_one_actor_pool_and_equal_in_process(ray_local, tmp_pat
         assert man["rows"] == len(ex.ids)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_audio_clips_through_the_actor_pool_equal_in_process(ray_local, tmp_path):
     """Variable-length waveforms travel through Ray Data as list<float32> rows; each vector equals
@@ -320,6 +323,7 @@ def test_vanilla_and_loo_embeddings(smol, tmp_path):
     np.testing.assert_array_equal(t2.X, t.X)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_context_protocol_on_ray_runs_a_task_per_seed_and_equals_in_process(ray_local, tmp_path):
     # vanilla/loo are per (k, seed): on Ray each seed's prompts are one task (a GPU each with

@@ -15,6 +15,18 @@ from pipeline.grid import (CODE_VERSION, Cell, GridError, GridSpec, cell_metrics
 pytestmark = pytest.mark.timeout(1800)  # generous: a loaded 2-core box starves niced Ray workers
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store(tmp_path, mlflow_sqlite):
+    """Each test's sqlite MLflow store (`_spec`'s mlflow_uri) starts as a copy of one migrated database."""
+    mlflow_sqlite(tmp_path / "mlflow.db")
+
+
+@pytest.fixture
+def sms_cache(sms_minilm_cache):
+    """The session's embedding cache of `_spec`'s sms_spam x minilm-l6 (tests/conftest.py)."""
+    return sms_minilm_cache
+
+
 def _spec(tmp_path, **over) -> GridSpec:
     base = [
         "name=t", "datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_probe,lr_full]",
@@ -111,6 +123,7 @@ def test_bfloat16_grid_embeds_in_bf16_and_still_classifies(tmp_path):
     assert manifests and all("bfloat16" in json.dumps(m) for m in manifests)
 
 
+@pytest.mark.slow  # SmolLM2 in-context scoring (the scorer itself: test_icl.py)
 def test_icl_cell_scores_every_query_and_beats_chance(tmp_path):
     # the grid's icl path end to end (SmolLM2 loaded once per dataset x backbone, KV-cached prompt)
     spec = _spec(tmp_path, methods="[icl]", backbones="[smollm2-135m]", ks="[32]", test_size=20)
@@ -171,7 +184,7 @@ def test_local_executor_hands_back_each_key_with_its_result_error_or_skip():
     assert list(ex.outcomes()) == [] and ex.busy_s >= 0
 
 
-def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_path, monkeypatch, capsys):
+def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_path, monkeypatch, capsys, sms_cache):
     import pipeline.grid.cells as cells
     from pipeline.grid import main
 
@@ -184,7 +197,7 @@ def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_p
     monkeypatch.setattr(cells, "run_method", lr_full_fails)
     over = ["name=t", "datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[lr_probe,lr_full]", "ks=[18]",
             "seeds=[0]", "test_size=30", "train_size=64", "executor=local", f"storage={tmp_path}/grids",
-            f"cache_uri={tmp_path}/emb", f"mlflow_uri=sqlite:///{tmp_path}/mlflow.db"]
+            f"cache_uri={sms_cache}", f"mlflow_uri=sqlite:///{tmp_path}/mlflow.db"]
     assert main(over) == 1
     out, err = capsys.readouterr()
     assert "tart grid: 1 of 2 cell(s) failed" in err and "Traceback" not in out + err
@@ -201,10 +214,12 @@ def test_metrics_are_correct():
     assert perfect["ece"] == pytest.approx(0.0) and perfect["brier"] == 0.0
 
 
-def test_vanilla_protocol_grid_on_ray_embeds_every_k_seed_once(tmp_path, ray_local):
-    # context-dependent embeddings: every (k, seed) of the group is computed up front (a Ray task
-    # per seed), then each cell reads its own from the cache
-    spec = _spec(tmp_path, executor="ray", backbones="[smollm2-135m]", protocols="[vanilla]", methods="[lr_probe]",
+@pytest.mark.slow  # SmolLM2 prompts (the protocols themselves: test_embed.py)
+def test_vanilla_protocol_grid_embeds_every_k_seed_once(tmp_path):
+    # context-dependent embeddings: every (k, seed) of the group is computed up front, then each cell
+    # reads its own from the cache. In-process: the same call on Ray (one task per seed) is
+    # test_embed.py's test_context_protocol_on_ray_runs_a_task_per_seed_and_equals_in_process.
+    spec = _spec(tmp_path, backbones="[smollm2-135m]", protocols="[vanilla]", methods="[lr_probe]",
                  ks="[18]", seeds="[0,1]", test_size=10)
     s = run_grid(spec)
     assert s["cells_run"] == 2 and s["cells_failed"] == 0
@@ -213,7 +228,7 @@ def test_vanilla_protocol_grid_on_ray_embeds_every_k_seed_once(tmp_path, ray_loc
     assert set(df["protocol"]) == {"vanilla"} and set(df["seed"]) == {0, 1}
     assert df["accuracy"].mean() >= 0.7, df[["seed", "accuracy"]]  # SmolLM2 in-context vectors separate spam
     manifests = [json.loads(p.read_text()) for p in (tmp_path / "emb").rglob("_manifest.json")]
-    assert len(manifests) == 4 and {m["executor"] for m in manifests} == {"ray"}  # (train, test) x 2 seeds
+    assert len(manifests) == 4 and {m["executor"] for m in manifests} == {"local"}  # (train, test) x 2 seeds
     assert run_grid(spec)["forward_passes"] == 0
 
 
@@ -251,8 +266,9 @@ def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     assert sorted(_mlflow_cells(spec)[0]) == sorted(ids)  # still one MLflow run per cell
 
 
-def test_unreachable_mlflow_keeps_results_and_sync_completes_later(tmp_path):
-    spec = _spec(tmp_path, ks="[18]", methods="[lr_full]", mlflow_uri="http://127.0.0.1:9")
+@pytest.mark.slow  # 15 s of it: tracking.connect's retry back-off (1+2+4+8 s) on the dead URI
+def test_unreachable_mlflow_keeps_results_and_sync_completes_later(tmp_path, sms_cache):
+    spec = _spec(tmp_path, ks="[18]", methods="[lr_full]", mlflow_uri="http://127.0.0.1:9", cache_uri=sms_cache)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     s = run_grid(spec)
     assert s["cells_run"] == 1 and s["mlflow_uri"] is None
@@ -263,10 +279,10 @@ def test_unreachable_mlflow_keeps_results_and_sync_completes_later(tmp_path):
     assert len(_mlflow_cells(spec)[0]) == 1
 
 
-def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path):
+def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path, sms_cache):
     from pipeline.compare import main as compare_main
 
-    spec = _spec(tmp_path, methods="[tart,lr_probe]", seeds="[0,1]")
+    spec = _spec(tmp_path, methods="[tart,lr_probe]", seeds="[0,1]", cache_uri=sms_cache)
     run_grid(spec)
     out = tmp_path / "cmp"
     rc = compare_main([f"mlflow_uri={spec.mlflow_uri}", "grids=[t]", f"out={out}"])

@@ -27,6 +27,9 @@ from servers import MlflowServer
 
 pytestmark = pytest.mark.timeout(900)
 
+# every grid's store is a copy of one migrated sqlite database (tests/conftest.py `mlflow_sqlite`) or
+# the session's MLflow server (`mlflow_server`); the test that kills its server has its own
+
 TART = str(Path(sys.executable).parent / "tart")
 N_CELLS = 18  # 1 dataset x 1 backbone x 3 methods x 2 k x 3 seeds
 GRID = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_probe,lr_full]", "ks=[18,32]",
@@ -73,9 +76,9 @@ def _cell_files(spec: GridSpec) -> list[Path]:
     return sorted(p for p in d.glob("*.parquet") if not p.name.startswith("_")) if d.is_dir() else []
 
 
-def _start(overrides: list[str], log: Path, *extra: str) -> subprocess.Popen:
+def _start(overrides: list[str], log: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([TART, "grid", *overrides, "--no-compare", *extra], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env=_env())
+                            stderr=subprocess.STDOUT, env=env or _env())
 
 
 def _wait_for_cells(spec: GridSpec, n: int, proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> None:
@@ -110,8 +113,9 @@ def _assert_each_cell_once(spec: GridSpec, uri: str) -> None:
     assert all("accuracy" in r.data.metrics for r in runs)
 
 
-def test_driver_sigkilled_at_a_random_cell_reruns_only_the_missing_cells(tmp_path, emb_cache):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+@pytest.mark.slow
+def test_driver_sigkilled_at_a_random_cell_reruns_only_the_missing_cells(tmp_path, emb_cache, mlflow_sqlite):
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
     over = _overrides(tmp_path, emb_cache, uri)
     spec = _spec(over)
     seed = random.randrange(10**6)
@@ -141,13 +145,16 @@ def test_driver_sigkilled_at_a_random_cell_reruns_only_the_missing_cells(tmp_pat
     assert [r.info.status for r in launches] == ["KILLED", "FINISHED"]
 
 
-def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, emb_cache):
-    srv = MlflowServer(tmp_path / "srv", env=_env()).start()
+@pytest.mark.slow
+def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, emb_cache, mlflow_template):
+    srv = MlflowServer(tmp_path / "srv", env=_env(), db_template=mlflow_template).start()
     try:
         over = _overrides(tmp_path, emb_cache, srv.uri, name="srvdown")
         spec = _spec(over)
         log = tmp_path / "grid.log"
-        proc = _start(over, log)
+        # no MLflow-client HTTP retries: the grid's own three attempts still run, but the dead server
+        # costs 3 s instead of 18 s of urllib3 back-off (the outcome asserted below is the same)
+        proc = _start(over, log, env={**_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
         _wait_for_cells(spec, 3, proc, log)
         srv.kill()
         rc = proc.wait(timeout=600)
@@ -157,7 +164,9 @@ def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, e
         assert len(read_results(spec)) == N_CELLS  # nothing lost
 
         srv.start()  # the same server (database, port) comes back
-        n_before = len(_mlflow_cell_runs(srv.uri, spec.name))
+        # cells with a FINISHED run (a run the dying server took mid-log stays RUNNING: its cell is re-logged)
+        n_before = len({r.data.tags["cell_id"] for r in _mlflow_cell_runs(srv.uri, spec.name)
+                        if r.info.status == "FINISHED"})
         assert n_before < N_CELLS
         sync = subprocess.run([TART, "grid", *over, "--sync-mlflow"], capture_output=True, text=True, env=_env(),
                               timeout=600)
@@ -168,25 +177,21 @@ def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, e
         srv.stop()
 
 
-def test_two_drivers_of_one_grid_at_once_write_each_cell_once(tmp_path):
-    srv = MlflowServer(tmp_path / "srv", env=_env()).start()
-    try:
-        # their own, empty embedding cache: the two drivers also race on its writes
-        over = _overrides(tmp_path, str(tmp_path / "emb"), srv.uri, name="twice")
-        spec = _spec(over)
-        procs = [_start(over, tmp_path / f"driver{i}.log") for i in (0, 1)]
-        for i, p in enumerate(procs):
-            assert p.wait(timeout=600) == 0, (tmp_path / f"driver{i}.log").read_text()[-3000:]
-        _assert_each_cell_once(spec, srv.uri)
-        table = pq.read_table(Path(spec.storage) / spec.name / "results.parquet").to_pandas()
-        assert len(table) == N_CELLS and table["cell_id"].is_unique
-        # a third, sequential run finds everything done and logs nothing new
-        again = subprocess.run([TART, "grid", *over, "--no-compare"], capture_output=True, text=True, env=_env(),
-                               timeout=600)
-        assert again.returncode == 0 and f"{N_CELLS} already in the results table, 0 to run" in again.stdout
-        _assert_each_cell_once(spec, srv.uri)
-    finally:
-        srv.stop()
+@pytest.mark.slow
+def test_two_drivers_of_one_grid_at_once_write_each_cell_once(tmp_path, mlflow_server):
+    # their own, empty embedding cache: the two drivers also race on its writes
+    over = _overrides(tmp_path, str(tmp_path / "emb"), mlflow_server, name="twice")
+    spec = _spec(over)
+    procs = [_start(over, tmp_path / f"driver{i}.log") for i in (0, 1)]
+    for i, p in enumerate(procs):
+        assert p.wait(timeout=600) == 0, (tmp_path / f"driver{i}.log").read_text()[-3000:]
+    _assert_each_cell_once(spec, mlflow_server)
+    table = pq.read_table(Path(spec.storage) / spec.name / "results.parquet").to_pandas()
+    assert len(table) == N_CELLS and table["cell_id"].is_unique
+    # a third, sequential run (in this process) finds everything done and logs nothing new
+    again = run_grid(spec)
+    assert again["cells_run"] == 0 and again["cells_skipped"] == N_CELLS and again["mlflow_unlogged"] == 0
+    _assert_each_cell_once(spec, mlflow_server)
 
 
 @pytest.fixture
@@ -203,8 +208,9 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, emb_cache, small_disk, pipeline_log):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, emb_cache, small_disk, pipeline_log,
+                                                                    mlflow_sqlite):
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
     over = [o for o in _overrides(tmp_path, emb_cache, uri, name="full") if not o.startswith("storage=")]
     spec = _spec([*over, f"storage={small_disk}"])
     with pytest.raises(StorageError, match=r"cannot write the result of cell .*No space left on device"):
@@ -225,8 +231,8 @@ def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, e
     _assert_each_cell_once(spec, uri)
 
 
-def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, pipeline_log):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, pipeline_log, mlflow_sqlite):
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
     spec = _spec(_overrides(tmp_path, emb_cache, uri, name="trunc"))
     run_grid(spec)
     victim = _cell_files(spec)[5]

@@ -53,6 +53,7 @@ def test_prompt_tokens_split_cleanly(lm, sms):
         assert whole == parts
 
 
+@pytest.mark.slow
 def test_kv_cache_scores_equal_full_prompt_scores(lm, sms):
     tok, model = lm
     pool, test, idx = sms
@@ -68,6 +69,7 @@ def test_kv_cache_scores_equal_full_prompt_scores(lm, sms):
     assert sc.label_token_counts[0] >= 2  # " not spam" really is several tokens
 
 
+@pytest.mark.slow
 def test_lm_head_on_scored_positions_only_equals_full_logits(lm, sms):
     """The fast path (the decoder stack alone, the LM head applied to the scored positions only)
     scores exactly as the full model's logits do."""
@@ -83,6 +85,7 @@ def test_lm_head_on_scored_positions_only_equals_full_logits(lm, sms):
         np.testing.assert_allclose(fast, full, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_packed_queries_score_as_padded_rows_on_cache_copies(lm, sms):
     """A batch packed into one row on the shared cache (block mask) scores what padded rows on
     per-query copies of the cache score, for one- and two-token label words, and the cache is

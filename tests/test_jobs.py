@@ -6,7 +6,8 @@
   temp dir), never `ray stop` (which would kill every Ray on the machine).
 - Jobs are submitted the way operators do: `ray job submit --working-dir <repo>` and the
   Python `JobSubmissionClient`; the job runs from an uploaded copy of the repo.
-- `mlflow_server`: `mlflow server` with a sqlite backend, in its own process group.
+- `mlflow_server` (tests/conftest.py): the session's `mlflow server` (sqlite backend, own
+  process group), shared with the other tests that only log to a server.
 
 Kept tiny (one dataset, MiniLM, k=18, one seed, 20 test / 40 pool examples): the
 point is the plumbing, not the numbers. Every test has a timeout.
@@ -30,9 +31,9 @@ import yaml
 from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
 
-from servers import MlflowServer, free_port
+from servers import free_port
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray`, `mlflow`, `python`
@@ -62,23 +63,30 @@ def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
 
 
 def _kill_processes_mentioning(marker: str) -> None:
-    """SIGTERM then SIGKILL every process (of this user) whose command line contains `marker`."""
+    """SIGTERM then SIGKILL every process (of this user) whose command line, working directory or open
+    files name `marker`: Ray's agents rename themselves (`ray::DashboardAgent`), ignore SIGTERM and
+    outlive their raylet; left running they keep the next cluster's job agent from registering."""
     import psutil
+
+    def mentions(p) -> bool:
+        if marker in " ".join(p.info["cmdline"] or []) or marker in (p.info["cwd"] or ""):
+            return True
+        return any(marker in f.path for f in p.open_files())
 
     me = os.getpid()
     procs = []
-    for p in psutil.process_iter(["pid", "cmdline", "username"]):
+    for p in psutil.process_iter(["pid", "cmdline", "cwd", "username"]):
         try:
-            if p.pid != me and marker in " ".join(p.info["cmdline"] or []):
+            if p.pid != me and mentions(p):
                 procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     for p in procs:
         try:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=3)
     for p in alive:
         try:
             p.kill()
@@ -127,6 +135,15 @@ def ray_cluster():
             if time.time() > deadline:
                 raise RuntimeError(f"Ray cluster at {address} did not come up with 2 nodes")
             time.sleep(2)
+        while True:  # and a job agent: until one registers, submissions get HTTP 500 "No available agent"
+            try:
+                warmup = client.submit_job(entrypoint="true", submission_id=f"tart-test-warmup-{uuid.uuid4().hex[:8]}")
+                break
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.time() > deadline + 120:
+                    raise
+                time.sleep(2)
+        _wait_job(client, warmup, timeout=120)
         yield {"address": address, "gcs": f"127.0.0.1:{port}", "client": client, "temp_dir": temp_dir}
     finally:
         _kill_processes_mentioning(temp_dir)
@@ -149,8 +166,9 @@ def _mlflow_cell_runs(uri: str, grid: str, experiment: str = "tart-grid"):
 
 
 @pytest.fixture(scope="module")
-def job_tmp():
+def job_tmp(mlflow_sqlite):
     d = Path(tempfile.mkdtemp(prefix="tart-jobs-"))
+    mlflow_sqlite(d / "mlflow.db")  # the jobs' store (_job_overrides), already migrated
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -182,39 +200,6 @@ def test_ray_job_submit_cli_runs_grid_and_duplicate_id_is_refused(ray_cluster, j
     assert len(_mlflow_cell_runs(spec.mlflow_uri, name)) == 2
 
 
-def test_job_submission_client_runs_grid_with_runtime_env(ray_cluster, job_tmp):
-    from ray.job_submission import JobStatus
-
-    client = ray_cluster["client"]
-    name = "jobsdk"
-    sid = f"tart-test-sdk-{uuid.uuid4().hex[:8]}"
-    entry = " ".join(["python -m jobs.grid --no-compare", *_job_overrides(job_tmp, name)])
-    runtime_env = {"working_dir": str(REPO_ROOT), "excludes": EXCLUDES,
-                   "env_vars": {**RUNTIME_ENV_VARS, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                "TART_CACHE": os.environ.get("TART_CACHE", "/tmp/tart-test-cache")}}
-    assert client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env) == sid
-    deadline = time.time() + 600
-    while True:
-        status = client.get_job_status(sid)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            break
-        assert time.time() < deadline, f"job {sid} still {status} after 600 s:\n{client.get_job_logs(sid)[-4000:]}"
-        time.sleep(2)
-    logs = client.get_job_logs(sid)
-    assert status == JobStatus.SUCCEEDED, logs[-5000:]
-    assert "[grid] done" in logs
-    spec = load_config(GridSpec, None, _job_overrides(job_tmp, name))
-    df = read_results(spec)
-    assert len(df) == 2
-    assert {r.data.tags["cell_id"] for r in _mlflow_cell_runs(spec.mlflow_uri, name)} == set(df["cell_id"])
-    info = client.get_job_info(sid)
-    assert info.runtime_env.get("env_vars", {}).get("HF_HUB_OFFLINE") == "1"
-
-    with pytest.raises(Exception, match="already exists|exists"):  # duplicate submission id
-        client.submit_job(entrypoint=entry, submission_id=sid, runtime_env=runtime_env)
-    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
-
-
 def _wait_job(client, sid: str, timeout: float = 300):
     from ray.job_submission import JobStatus
 
@@ -226,7 +211,9 @@ def _wait_job(client, sid: str, timeout: float = 300):
 
 
 def test_job_submitted_without_the_runtime_env_is_refused(ray_cluster):
-    """jobs/_guard.py in a real submitted job: no TART_RUNTIME_ENV marker -> exit 2 naming the submit command."""
+    """jobs/_guard.py in a real submitted job: no TART_RUNTIME_ENV marker -> exit 2 naming the submit command.
+    Submitted through the Python `JobSubmissionClient` (the CLI test above covers `ray job submit`): with
+    the runtime env the job runs, its env_vars are recorded, and a duplicate submission id is refused."""
     from ray.job_submission import JobStatus
 
     client = ray_cluster["client"]
@@ -238,24 +225,19 @@ def test_job_submitted_without_the_runtime_env_is_refused(ray_cluster):
     assert "without the project's runtime env" in logs and "--runtime-env cluster/runtime_env.yaml" in logs, logs
     assert "Traceback" not in logs, logs
 
-    sid = client.submit_job(entrypoint="python -m jobs.grid --help", runtime_env={**bare, "env_vars": RUNTIME_ENV_VARS},
-                            submission_id=f"tart-test-env-{uuid.uuid4().hex[:8]}")
+    runtime_env = {**bare, "env_vars": {**RUNTIME_ENV_VARS, "HF_HUB_OFFLINE": "1"}}
+    sid = f"tart-test-env-{uuid.uuid4().hex[:8]}"
+    assert client.submit_job(entrypoint="python -m jobs.grid --help", runtime_env=runtime_env, submission_id=sid) == sid
     status, logs = _wait_job(client, sid)
     assert status == JobStatus.SUCCEEDED and "usage: tart grid" in logs, logs[-3000:]
+    info = client.get_job_info(sid)
+    assert info.runtime_env.get("env_vars", {}).get("HF_HUB_OFFLINE") == "1"
+    with pytest.raises(Exception, match="already exists|exists"):  # duplicate submission id
+        client.submit_job(entrypoint="python -m jobs.grid --help", submission_id=sid, runtime_env=runtime_env)
+    assert client.get_job_status(sid) == JobStatus.SUCCEEDED
 
 
 # ----------------------------------------------------------------------------- MLflow server
-
-
-@pytest.fixture(scope="module")
-def mlflow_server():
-    tmp = Path(tempfile.mkdtemp(prefix="tart-mlsrv-"))
-    server = MlflowServer(tmp, env=_env()).start()
-    try:
-        yield server.uri
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_grid_to_mlflow_server_then_compare(mlflow_server, tmp_path):

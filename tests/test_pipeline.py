@@ -19,7 +19,7 @@ from pipeline.full import main
 from pipeline.grid import GridSpec, read_results
 from pipeline.config import load_config
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
 
 
 def _write(path: Path, cfg: dict) -> str:
@@ -28,9 +28,9 @@ def _write(path: Path, cfg: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def configs(tmp_path_factory):
+def configs(tmp_path_factory, mlflow_sqlite, sms_minilm_cache):
     d = tmp_path_factory.mktemp("pipe")
-    mlflow = f"sqlite:///{d}/mlflow.db"
+    mlflow = mlflow_sqlite(d / "mlflow.db")  # train and grid share it (a copy of a migrated store)
     os.environ["TART_MLFLOW_ARTIFACTS"] = str(d / "mlartifacts")
     gen = _write(d / "gen.yaml", {"seed": 0, "episodes": 64, "shards": 2, "task": {"d": 16, "points": 34},
                                   "executor": "local"})
@@ -42,7 +42,7 @@ def configs(tmp_path_factory):
     grid = _write(d / "grid.yaml", {
         "name": "pipe", "datasets": ["sms_spam"], "backbones": ["minilm-l6"], "methods": ["tart", "lr_probe"],
         "reasoners": ["default"], "ks": [18], "seeds": [0], "test_size": 30, "train_size": 64,
-        "cache_uri": str(d / "emb"), "mlflow_uri": mlflow, "cpus_per_cell": 0.5})
+        "cache_uri": sms_minilm_cache, "mlflow_uri": mlflow, "cpus_per_cell": 0.5})  # test_grid's embeddings
     return {"root": d, "grid": grid, "args": [f"generate_config={gen}", f"train_config={train}", f"grid_config={grid}",
                                 f"storage={d}/runs"]}
 

@@ -144,6 +144,7 @@ def test_shipped_checkpoint_is_small_and_documented():
         assert needle in card
 
 
+@pytest.mark.slow
 def test_shipped_reasoner_matches_logistic_regression(shipped):
     """The quality bar: within 3 points of LR fit on the k context points at k=32 and 64."""
     res = evaluate(shipped, ks=(32, 64), episodes=200, queries=16, seed=777)

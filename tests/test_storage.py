@@ -67,7 +67,7 @@ def test_grid_to_s3_without_the_driver_fails_fast_writing_nothing(tmp_path, monk
     assert list(tmp_path.iterdir()) == []  # no cache, no MLflow db, no results
 
 
-def test_embed_probes_its_cache_before_ray_or_any_dataset(tmp_path, monkeypatch, capsys):
+def test_embed_probes_its_cache_before_ray_or_any_dataset(tmp_path, monkeypatch, capsys, no_ray):
     _needs_missing("gcsfs")
     import ray
 

@@ -77,6 +77,7 @@ def shards(tmp_path_factory):
 # ---------------------------------------------------------------- Ray Train fits
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_worker_failure_resumes_from_checkpoint_and_matches_uninterrupted(fault_run, env, tmp_path):
     cfg, rep = fault_run
@@ -109,6 +110,7 @@ def test_worker_failure_resumes_from_checkpoint_and_matches_uninterrupted(fault_
     assert r.meta["step"] == 6 and r.model.cfg.n_layer == 3
 
 
+@pytest.mark.slow  # needs the fault_run fit
 @pytest.mark.timeout(120)
 def test_mlflow_params_curves_artifact_and_registry(fault_run, env, tmp_path):
     import mlflow
@@ -136,6 +138,7 @@ def test_mlflow_params_curves_artifact_and_registry(fault_run, env, tmp_path):
     assert load_reasoner(local).meta["step"] == 6
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_driver_restart_with_more_steps_resumes(fault_run, env):
     from mlflow.tracking import MlflowClient
@@ -159,6 +162,7 @@ def test_driver_restart_with_more_steps_resumes(fault_run, env):
     assert again["resumed_from"] == 9 and again["metrics"]["step"] == 9
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_two_ddp_cpu_workers_from_generated_shards_via_cli(ray_local, env, shards, capsys):
     rc = main([*TINY, f"storage={env['storage']}", f"mlflow_uri={env['uri']}", "name=ddp", f"data={shards}",
@@ -240,6 +244,7 @@ def test_missing_and_corrupt_shards_fail_before_training(env, shards, tmp_path):
         check_data(tiny_cfg(env, f"data={shards}", "model.d=4", "task.d=4"), log=lambda *_: None)
 
 
+@pytest.mark.slow  # needs the fault_run fit
 @pytest.mark.timeout(60)
 def test_checkpoint_of_another_architecture_is_refused(fault_run, env):
     cfg = tiny_cfg(env, "name=fault", "steps=20", "size=small")
@@ -290,15 +295,15 @@ def test_train_state_loads_with_weights_only_and_restores_every_rng(env, tmp_pat
     is refused with an error naming it."""
     import random
 
-    from pipeline.train import _rng_state, _set_rng_state, load_train_state
+    from pipeline.train import load_train_state, rng_state, set_rng_state
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    saved = _rng_state()
+    saved = rng_state()
     expect = (random.random(), np.random.rand(), torch.rand(1).item())
     torch.save({"step": 7, "rng": saved}, tmp_path / "train_state.pt")
     random.random(), np.random.rand(), torch.rand(1)  # move every generator on
     state = load_train_state(tmp_path / "train_state.pt")
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expect
     assert state["step"] == 7
 
