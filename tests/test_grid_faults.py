@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(900)
 TART = str(Path(sys.executable).parent / "tart")
 N_CELLS = 18  # 1 dataset x 1 backbone x 3 methods x 2 k x 3 seeds
 GRID = ["datasets=[sms_spam]", "backbones=[minilm-l6]", "methods=[tart,lr_probe,lr_full]", "ks=[18,32]",
-        "seeds=[0,1,2]", "test_size=40", "train_size=80", "executor=local", "embed_batch_size=32"]
+        "seeds=[0,1,2]", "test_size=30", "train_size=64", "executor=local", "embed_batch_size=32"]
 
 
 def _env() -> dict:
@@ -44,9 +44,10 @@ def _env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def emb_cache(tmp_path_factory):
-    """An embedding cache shared by the tests of this module (computed by the first grid)."""
-    return str(tmp_path_factory.mktemp("emb"))
+def emb_cache(sms_minilm_cache):
+    """The session's sms_spam x minilm-l6 embedding cache (tests/conftest.py; GRID's sizes are its sizes):
+    computed by the first grid that needs it, here or in test_grid.py."""
+    return sms_minilm_cache
 
 
 @pytest.fixture

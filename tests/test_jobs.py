@@ -240,13 +240,15 @@ def test_job_submitted_without_the_runtime_env_is_refused(ray_cluster):
 # ----------------------------------------------------------------------------- MLflow server
 
 
-def test_grid_to_mlflow_server_then_compare(mlflow_server, tmp_path):
+def test_grid_to_mlflow_server_then_compare(mlflow_server, sms_minilm_cache, tmp_path):
     from pipeline.compare import main as compare_main
     from pipeline.grid import run_grid
 
     name = "srv"
-    spec = load_config(GridSpec, None, [f"name={name}", *TINY, "executor=local", f"storage={tmp_path}/grids",
-                                        f"cache_uri={tmp_path}/emb", f"mlflow_uri={mlflow_server}"])
+    # in this process, at the sizes of the session's sms_spam x minilm-l6 cache (tests/conftest.py)
+    spec = load_config(GridSpec, None, [f"name={name}", *TINY, "test_size=30", "train_size=64", "executor=local",
+                                        f"storage={tmp_path}/grids", f"cache_uri={sms_minilm_cache}",
+                                        f"mlflow_uri={mlflow_server}"])
     summary = run_grid(spec)
     assert summary["cells_run"] == 2 and summary["cells_failed"] == 0
     assert summary["mlflow_uri"] == mlflow_server
