@@ -1,13 +1,25 @@
-"""Cluster and scheduling manifests (cluster/) and grid configs (configs/grids/) are well formed.
+"""Cluster and scheduling manifests (cluster/) apply, and do what the project needs; grid configs load.
 
-Static checks only (no cluster, no hub): every YAML parses, each manifest kind carries
-the fields its controller needs, secrets come from the cluster (never from a file in the
-repo), and every `python -m jobs.X` a manifest runs names an existing jobs/X.py.
+No cluster, no network. What is proven here, and how:
+- every KubeRay manifest (RayCluster, RayJob, RayCronJob) validates strictly against the KubeRay
+  v1.7 CRD schemas (../shared/data/kuberay-crds-v1.7, or $KUBERAY_CRDS), unknown fields rejected,
+  embedded pod templates included; the batch/v1 CronJob against its API's fields and the CRDs'
+  PodTemplateSpec; plus the operator's own rules (scripts/check_manifests.py). Each problem the
+  old manifests had is injected into a current one and must be reported;
+- the project's rules: autoscaling wherever a worker group has a min..max range, every container
+  runs the project image of cluster/release.env's commit, working_dir is that commit's archive
+  (40 hex, never a branch), RayCronJobs schedule in UTC, the plain CronJob submits from the
+  image's copy of the project (no ConfigMap), MLflow's URI comes from a Secret;
+- every `python -m jobs.X` and `configs/...` a manifest names exists.
+What only a real cluster proves (runbook.md): the operator reconciling these, image pulls, the
+autoscaler's scaling, RayCronJob timing.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +33,14 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 YAMLS = sorted(CLUSTER.glob("*.yaml")) + sorted(CLUSTER.glob("*.yml"))
+RUNTIME_ENVS = sorted(CLUSTER.glob("runtime_env*.yaml"))
 JOB_REF = re.compile(r"python3?\s+-m\s+jobs\.([A-Za-z_][A-Za-z0-9_]*)")
+ARCHIVE = re.compile(r"https://github\.com/[^/\s]+/[^/\s]+/archive/(?P<sha>[0-9a-f]{40})\.zip")
+IMAGE_PROJECT_DIR = "/home/ray/tart-pipeline"  # cluster/Dockerfile's WORKDIR
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import check_manifests  # noqa: E402
+import gen_runtime_env as gen  # noqa: E402
 
 
 def _load(path: Path) -> list:
@@ -29,46 +48,124 @@ def _load(path: Path) -> list:
 
 
 def _docs(kind: str) -> list[tuple[Path, dict]]:
-    out = []
-    for p in YAMLS:
-        for d in _load(p):
-            if isinstance(d, dict) and d.get("kind") == kind:
-                out.append((p, d))
-    return out
+    return [(p, d) for p in YAMLS for d in _load(p) if isinstance(d, dict) and d.get("kind") == kind]
+
+
+KUBE_DOCS = [(p, d) for p in YAMLS for d in _load(p) if isinstance(d, dict) and "kind" in d]
 
 
 def _containers(pod_template: dict) -> list[dict]:
     return (pod_template.get("spec") or {}).get("containers") or []
 
 
-def _cron_fields_ok(schedule: str) -> bool:
-    return len(schedule.split()) == 5 or schedule.startswith("@")
+@pytest.fixture(scope="module")
+def checker():
+    try:
+        return check_manifests.Checker()
+    except check_manifests.NoSchemas as e:
+        pytest.skip(f"{e}: the strict schema checks need the CRD copies")
 
 
-def _check_ray_cluster_spec(spec: dict, where: str) -> None:
-    head = spec.get("headGroupSpec")
-    assert head and _containers(head.get("template", {})), f"{where}: headGroupSpec with a container"
-    groups = spec.get("workerGroupSpecs")
-    assert groups, f"{where}: workerGroupSpecs"
-    gpu_groups = []
-    for g in groups:
-        assert g.get("groupName"), f"{where}: a worker group without groupName"
-        cs = _containers(g.get("template", {}))
-        assert cs, f"{where}: worker group {g.get('groupName')} has no container"
-        if any("nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {}) for c in cs):
-            gpu_groups.append(g["groupName"])
-    assert gpu_groups, f"{where}: no worker group has an nvidia.com/gpu limit"
-    # the tracking URI (it may hold credentials) comes from a Secret, never inline
-    envs = [e for c in _containers(head["template"]) for e in c.get("env") or []]
-    for g in groups:
-        envs += [e for c in _containers(g.get("template", {})) for e in c.get("env") or []]
-    ml = [e for e in envs if e.get("name") == "MLFLOW_TRACKING_URI"]
-    assert ml, f"{where}: MLFLOW_TRACKING_URI is not set on any container"
-    for e in ml:
-        assert "value" not in e and "secretKeyRef" in (e.get("valueFrom") or {}), \
-            f"{where}: MLFLOW_TRACKING_URI must come from valueFrom.secretKeyRef"
+# ----------------------------------------------------------------------------- the project's rules
+def cluster_specs(doc: dict) -> list[tuple[str, dict]]:
+    """(where, RayClusterSpec) of a KubeRay document."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "RayCluster":
+        return [("spec", spec)]
+    if doc.get("kind") == "RayJob" and "rayClusterSpec" in spec:
+        return [("spec.rayClusterSpec", spec["rayClusterSpec"])]
+    if doc.get("kind") == "RayCronJob" and "rayClusterSpec" in (spec.get("jobTemplate") or {}):
+        return [("spec.jobTemplate.rayClusterSpec", spec["jobTemplate"]["rayClusterSpec"])]
+    return []
 
 
+def pod_templates(doc: dict) -> list[tuple[str, dict]]:
+    out = []
+    for where, cs in cluster_specs(doc):
+        out.append((f"{where}.headGroupSpec", (cs.get("headGroupSpec") or {}).get("template") or {}))
+        for g in cs.get("workerGroupSpecs") or []:
+            out.append((f"{where}.workerGroupSpecs[{g.get('groupName')}]", g.get("template") or {}))
+    spec = doc.get("spec") or {}
+    for s in (spec, spec.get("jobTemplate") or {}):
+        if "submitterPodTemplate" in s:
+            out.append(("submitterPodTemplate", s["submitterPodTemplate"]))
+    if doc.get("kind") == "CronJob":
+        out.append(("spec.jobTemplate.spec.template", ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}))
+    return out
+
+
+def job_specs(doc: dict) -> list[tuple[str, dict]]:
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "RayJob":
+        return [("spec", spec)]
+    if doc.get("kind") == "RayCronJob":
+        return [("spec.jobTemplate", spec.get("jobTemplate") or {})]
+    return []
+
+
+def project_problems(doc: dict, release: dict[str, str] | None = None) -> list[str]:
+    """What the project requires of a manifest beyond what Kubernetes and KubeRay accept."""
+    release = release or gen.read_release()
+    ray_version, image = gen.ray_version(), gen.image_ref(release)
+    out = []
+    for where, cs in cluster_specs(doc):
+        if str(cs.get("rayVersion")) != ray_version:
+            out.append(f"{where}.rayVersion {cs.get('rayVersion')!r}: the image's Ray is {ray_version}")
+        for g in cs.get("workerGroupSpecs") or []:
+            lo, hi, n = g.get("minReplicas", 0), g.get("maxReplicas", 2**31 - 1), g.get("replicas", 0)
+            name = f"{where}.workerGroupSpecs[{g.get('groupName')}]"
+            if lo != hi and not cs.get("enableInTreeAutoscaling"):
+                out.append(f"{name}: minReplicas {lo} .. maxReplicas {hi} without enableInTreeAutoscaling: true "
+                           f"(nothing would scale it; a fixed size sets minReplicas = maxReplicas = replicas)")
+            if not lo <= n <= hi:
+                out.append(f"{name}: replicas {n} outside {lo}..{hi}")
+    for where, pod in pod_templates(doc):
+        for c in _containers(pod):
+            if c.get("image") != image:
+                out.append(f"{where}: container {c.get('name')} runs {c.get('image')!r}, not the project image {image}")
+    for where, js in job_specs(doc):
+        if "runtimeEnvYAML" not in js:
+            out.append(f"{where}: no runtimeEnvYAML (the job needs the working dir and {gen.MARKER})")
+            continue
+        env = dict(yaml.safe_load(js["runtimeEnvYAML"]) or {})
+        wd = str(env.pop("working_dir", ""))
+        if not ARCHIVE.fullmatch(wd):
+            out.append(f"{where}.runtimeEnvYAML: working_dir {wd!r} is not a commit archive "
+                       f"(https://github.com/<org>/<repo>/archive/<40-hex sha>.zip): a branch is not reproducible")
+        elif wd != gen.archive_url(release):
+            out.append(f"{where}.runtimeEnvYAML: working_dir {wd} is not cluster/release.env's {gen.archive_url(release)}")
+        if env != gen.image_env():
+            out.append(f"{where}.runtimeEnvYAML differs from cluster/runtime_env.yaml (a hand-copied list drifts: "
+                       f"run python scripts/gen_runtime_env.py)")
+    if doc.get("kind") == "RayCronJob" and (doc.get("spec") or {}).get("timeZone") != "UTC":
+        out.append(f"spec.timeZone {(doc.get('spec') or {}).get('timeZone')!r}: schedules are in UTC "
+                   f"(without it the operator's local time zone applies)")
+    if doc.get("kind") == "CronJob":
+        pod = pod_templates(doc)[-1][1]
+        for v in (pod.get("spec") or {}).get("volumes") or []:
+            if "configMap" in v:
+                out.append(f"volume {v.get('name')}: a ConfigMap (flat, 1 MiB) cannot hold the project; submit from "
+                           f"the project image's copy")
+        for c in _containers(pod):
+            cmd = " ".join([*(c.get("command") or []), *(c.get("args") or [])])
+            if "ray job submit" in cmd and not (c.get("workingDir") == IMAGE_PROJECT_DIR and "--working-dir ." in cmd):
+                out.append(f"container {c.get('name')}: submit with `--working-dir .` from workingDir "
+                           f"{IMAGE_PROJECT_DIR} (the image's project)")
+    return out
+
+
+def all_problems(checker, path_or_text, where: str = "") -> list[str]:
+    """Schema + operator + project problems of one manifest file (or its text)."""
+    text = path_or_text.read_text() if isinstance(path_or_text, Path) else path_or_text
+    where = where or (path_or_text.name if isinstance(path_or_text, Path) else "<text>")
+    out = checker.check_text(text, where)
+    for d in yaml.safe_load_all(text):
+        if isinstance(d, dict) and "kind" in d:
+            out += [f"{where}: {d['kind']}: {p}" for p in project_problems(d)]
+    return out
+
+
+# ----------------------------------------------------------------------------- every manifest applies
 def test_cluster_dir_has_manifests():
     assert YAMLS, "no YAML manifests under cluster/"
     kinds = {d.get("kind") for p in YAMLS for d in _load(p) if isinstance(d, dict)}
@@ -81,59 +178,186 @@ def test_every_yaml_parses(path):
     assert docs and all(isinstance(d, dict) for d in docs), f"{path.name}: expected mapping document(s)"
 
 
-def test_raycluster():
-    docs = _docs("RayCluster")
-    assert docs
+KUBE_IDS = [f"{p.name}:{d['kind']}" for p, d in KUBE_DOCS]
+
+
+@pytest.mark.parametrize("path,doc", KUBE_DOCS, ids=KUBE_IDS)
+def test_manifest_validates_strictly_against_the_crds(checker, path, doc):
+    problems = checker.check_doc(doc, path.name)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path,doc", KUBE_DOCS, ids=KUBE_IDS)
+def test_manifest_meets_the_project_rules(path, doc):
+    problems = project_problems(doc)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_kubernetes_object_in_cluster_has_a_schema(checker):
+    # a new kind without a schema would otherwise go unchecked
+    kinds = {(d["apiVersion"], d["kind"]) for _, d in KUBE_DOCS}
+    assert kinds <= set(checker.schemas), kinds - set(checker.schemas)
+    assert {("ray.io/v1", k) for k in check_manifests.KUBERAY_KINDS} <= kinds
+
+
+# what the manifests of the last release got wrong (issue 14), each injected into a current manifest
+def _mutate(path: str, kind: str, change) -> str:
+    docs = [copy.deepcopy(d) for d in _load(CLUSTER / path)]
+    doc = next(d for d in docs if d.get("kind") == kind)
+    change(doc)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _set_runtime_env(doc, key, value):
+    js = doc["spec"]["jobTemplate"] if doc["kind"] == "RayCronJob" else doc["spec"]
+    env = yaml.safe_load(js["runtimeEnvYAML"])
+    env[key] = value
+    js["runtimeEnvYAML"] = yaml.safe_dump(env)
+
+
+OLD_PROBLEMS = {
+    "concurrencyPolicy (not in the RayCronJob CRD)": (
+        "raycronjob-nightly-grid.yaml", "RayCronJob", lambda d: d["spec"].update(concurrencyPolicy="Forbid"),
+        "'concurrencyPolicy' was unexpected"),
+    "no timeZone": (
+        "raycronjob-nightly-grid.yaml", "RayCronJob", lambda d: d["spec"].pop("timeZone"), "spec.timeZone None"),
+    "working_dir on a branch": (
+        "rayjob-pipeline.yaml", "RayJob",
+        lambda d: _set_runtime_env(d, "working_dir", "https://github.com/OWNER/tart-pipeline/archive/main.zip"),
+        "is not a commit archive"),
+    "a hand-copied pip list that drifted": (
+        "raycronjob-nightly-grid.yaml", "RayCronJob", lambda d: _set_runtime_env(d, "pip", ["mlflow>=2.16,<4", "s3fs"]),
+        "differs from cluster/runtime_env.yaml"),
+    "min/max replicas without autoscaling": (
+        "raycluster.yaml", "RayCluster", lambda d: d["spec"].pop("enableInTreeAutoscaling"),
+        "without enableInTreeAutoscaling: true"),
+    "the stock image, which holds no torch": (
+        "raycluster.yaml", "RayCluster",
+        lambda d: d["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0].update(
+            image="rayproject/ray:2.60.0-py311"), "not the project image"),
+    "the project from a ConfigMap": (
+        "cronjob-submit.yaml", "CronJob",
+        lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"].update(
+            volumes=[{"name": "src", "configMap": {"name": "tart-src"}}]), "a ConfigMap (flat, 1 MiB)"),
+    "an unknown field in a pod template's container": (
+        "rayjob-pipeline.yaml", "RayJob",
+        lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0].update(
+            gpus=1), "'gpus' was unexpected"),
+    "an unknown field in the CronJob's spec": (
+        "cronjob-submit.yaml", "CronJob", lambda d: d["spec"].update(concurrency="Forbid"),
+        "'concurrency' was unexpected"),
+    "a six-field schedule": (
+        "raycronjob-grid-on-cluster.yaml", "RayCronJob", lambda d: d["spec"].update(schedule="0 0 2 * * *"),
+        "a standard cron expression has 5"),
+    "clusterSelector without ray.io/cluster": (
+        "raycronjob-grid-on-cluster.yaml", "RayCronJob",
+        lambda d: d["spec"]["jobTemplate"].update(clusterSelector={"app": "tart"}), "under the key ray.io/cluster"),
+    "a TTL without shutdownAfterJobFinishes": (
+        "raycronjob-grid-on-cluster.yaml", "RayCronJob",
+        lambda d: d["spec"]["jobTemplate"].update(ttlSecondsAfterFinished=600), "needs shutdownAfterJobFinishes"),
+    "a RayCronJob name too long for its RayJobs": (
+        "raycronjob-nightly-grid.yaml", "RayCronJob",
+        lambda d: d["metadata"].update(name="tart-nightly-grid-of-the-paper-datasets-xy"), "RayCronJob allows 41"),
+    "a quantity that is not one": (
+        "raycluster.yaml", "RayCluster",
+        lambda d: d["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"].update(
+            memory="16 GB"), "does not match"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OLD_PROBLEMS))
+def test_the_checks_catch_each_known_problem(checker, case):
+    path, kind, change, expected = OLD_PROBLEMS[case]
+    assert not all_problems(checker, CLUSTER / path), f"{path} must be clean before the injection"
+    problems = all_problems(checker, _mutate(path, kind, change), path)
+    assert any(expected in p for p in problems), f"{case}: expected {expected!r} in {problems}"
+
+
+# ----------------------------------------------------------------------------- release pins
+def test_manifests_pin_one_commit_for_image_and_working_dir():
+    release = gen.read_release()
+    assert gen.SHA.fullmatch(release["COMMIT"]), f"cluster/release.env COMMIT={release['COMMIT']!r}: 40 hex"
+    assert ARCHIVE.fullmatch(gen.archive_url(release)), gen.archive_url(release)
+    texts = "\n".join(p.read_text() for p in YAMLS)
+    shas = {m.group("sha") for m in ARCHIVE.finditer(texts)}
+    tags = set(re.findall(r"image:\s*\S+/tart-pipeline:(\S+)", texts))
+    assert shas == {release["COMMIT"]} and tags == {release["COMMIT"]}, (shas, tags)
+    assert "archive/main" not in texts and "OWNER/" not in texts
+    if (ROOT / ".git").exists() and gen._git("rev-parse", "--is-shallow-repository").stdout.strip() == "false":
+        assert gen._git("cat-file", "-e", f"{release['COMMIT']}^{{commit}}").returncode == 0, \
+            f"COMMIT {release['COMMIT']} is not in this repository's history"
+
+
+def test_deployable_check_refuses_the_placeholder_org():
+    problems, _ = gen.deploy_problems(gen.read_release())
+    assert any(gen.PLACEHOLDER in p for p in problems)  # the committed release is a template until --release
+    good = {"IMAGE": "ghcr.io/acme/tart-pipeline", "SOURCE": "https://github.com/acme/tart-pipeline",
+            "COMMIT": gen.read_release()["COMMIT"]}
+    assert not [p for p in gen.deploy_problems(good)[0] if "placeholder" in p]
+    assert any("40-hex" in p for p in gen.deploy_problems({**good, "COMMIT": "main"})[0])
+
+
+# ----------------------------------------------------------------------------- what each manifest must carry
+def _check_ray_cluster_spec(spec: dict, where: str) -> None:
+    groups = spec.get("workerGroupSpecs")
+    assert groups, f"{where}: workerGroupSpecs"
+    gpu = [g["groupName"] for g in groups for c in _containers(g.get("template", {}))
+           if "nvidia.com/gpu" in ((c.get("resources") or {}).get("limits") or {})]
+    assert gpu, f"{where}: no worker group has an nvidia.com/gpu limit"
+    # the tracking URI (it may hold credentials) comes from a Secret, never inline
+    envs = [e for c in _containers(spec["headGroupSpec"]["template"]) for e in c.get("env") or []]
+    for g in groups:
+        envs += [e for c in _containers(g.get("template", {})) for e in c.get("env") or []]
+    for g in [spec["headGroupSpec"], *groups]:  # one cache on the shared volume for every node (runbook)
+        for c in _containers(g.get("template", {})):
+            cache = {e["name"]: e.get("value") for e in c.get("env") or []}.get("TART_CACHE") or ""
+            mounts = [m["mountPath"] for m in c.get("volumeMounts") or []]
+            assert any(cache.startswith(m.rstrip("/") + "/") for m in mounts), \
+                f"{where}: container {c.get('name')}: TART_CACHE {cache!r} is not on a mounted volume"
+    ml = [e for e in envs if e.get("name") == "MLFLOW_TRACKING_URI"]
+    assert ml, f"{where}: MLFLOW_TRACKING_URI is not set on any container"
+    for e in ml:
+        assert "value" not in e and "secretKeyRef" in (e.get("valueFrom") or {}), \
+            f"{where}: MLFLOW_TRACKING_URI must come from valueFrom.secretKeyRef"
+
+
+def test_ray_clusters_have_gpu_workers_and_mlflow_from_a_secret():
+    docs = [(p, d) for p, d in KUBE_DOCS if cluster_specs(d)]
+    assert {d["kind"] for _, d in docs} == {"RayCluster", "RayJob", "RayCronJob"}
     for p, d in docs:
-        assert d["apiVersion"] == "ray.io/v1", p.name
-        assert d["metadata"]["name"]
-        _check_ray_cluster_spec(d["spec"], p.name)
+        for where, cs in cluster_specs(d):
+            _check_ray_cluster_spec(cs, f"{p.name}:{where}")
 
 
-def test_rayjob():
-    docs = _docs("RayJob")
-    assert docs
-    for p, d in docs:
-        assert d["apiVersion"] == "ray.io/v1", p.name
-        s = d["spec"]
-        assert JOB_REF.search(s["entrypoint"]), f"{p.name}: entrypoint does not run a jobs.* module"
-        assert s.get("shutdownAfterJobFinishes") is True, p.name
-        assert int(s["activeDeadlineSeconds"]) > 0, p.name
-        if "rayClusterSpec" in s:
-            _check_ray_cluster_spec(s["rayClusterSpec"], p.name)
-        if "runtimeEnvYAML" in s:
-            assert isinstance(yaml.safe_load(s["runtimeEnvYAML"]), dict), f"{p.name}: runtimeEnvYAML"
+def test_ray_jobs_run_a_job_module_with_a_deadline():
+    for p, d in KUBE_DOCS:
+        for where, js in job_specs(d):
+            assert JOB_REF.search(js["entrypoint"]), f"{p.name}: entrypoint does not run a jobs.* module"
+            assert int(js["activeDeadlineSeconds"]) > 0, p.name
+            selector = js.get("clusterSelector")
+            # a job on a cluster made for it tears it down; one on the long-lived cluster cannot
+            assert js.get("shutdownAfterJobFinishes") is (not selector), f"{p.name}:{where}"
 
 
-def test_raycronjob():
-    docs = _docs("RayCronJob")
-    assert docs
-    for p, d in docs:
-        assert d["apiVersion"] == "ray.io/v1", p.name
-        s = d["spec"]
-        assert len(s["schedule"].split()) == 5, f"{p.name}: schedule {s['schedule']!r}"
-        jt = s["jobTemplate"]
-        assert JOB_REF.search(jt["entrypoint"]), p.name
-        assert jt.get("shutdownAfterJobFinishes") is True, p.name
-        assert int(jt["activeDeadlineSeconds"]) > 0, p.name
-        if "rayClusterSpec" in jt:
-            _check_ray_cluster_spec(jt["rayClusterSpec"], p.name)
-        if "runtimeEnvYAML" in jt:
-            assert isinstance(yaml.safe_load(jt["runtimeEnvYAML"]), dict), f"{p.name}: runtimeEnvYAML"
+def test_schedules_cannot_overlap():
+    # no concurrencyPolicy in the RayCronJob CRD: a run's deadline must end before the next daily run
+    for p, d in _docs("RayCronJob"):
+        assert d["spec"]["schedule"].split()[2:] == ["*", "*", "*"], f"{p.name}: expected a daily schedule"
+        assert int(d["spec"]["jobTemplate"]["activeDeadlineSeconds"]) < 24 * 3600, p.name
 
 
 def test_kubernetes_cronjob_submits_with_an_idempotent_submission_id():
     docs = _docs("CronJob")
     assert docs
     for p, d in docs:
-        assert d["apiVersion"] == "batch/v1", p.name
         s = d["spec"]
-        assert len(s["schedule"].split()) == 5, p.name
+        assert s.get("concurrencyPolicy") == "Forbid" and s.get("timeZone") == "UTC", p.name
         pod = s["jobTemplate"]["spec"]["template"]
         text = " ".join(" ".join(c.get("command") or []) + " " + " ".join(c.get("args") or [])
                         for c in _containers(pod))
-        assert "ray job submit" in text, p.name
-        assert "--submission-id" in text, f"{p.name}: a re-trigger must reuse the submission id"
+        assert "ray job submit" in text and "--runtime-env cluster/runtime_env.yaml" in text, p.name
+        # a re-trigger of the same night must reuse the id (derived from the UTC date)
+        assert "--submission-id" in text and "date -u +%F" in text, p.name
         assert JOB_REF.search(text), p.name
 
 
@@ -145,37 +369,33 @@ def test_crontab_line():
     for ln in lines:
         fields = ln.split()
         assert len(fields) > 5, ln
-        sched = fields[:5]
-        for f in sched:
-            assert re.fullmatch(r"[0-9*/,\-]+", f), f"cron field {f!r} in {ln!r}"
+        assert not check_manifests.cron_problems(" ".join(fields[:5])), ln
         cmd = " ".join(fields[5:])
         assert "ray job submit" in cmd and "--submission-id" in cmd, ln
         assert JOB_REF.search(cmd), ln
 
 
-def test_cluster_launcher():
-    path = CLUSTER / "cluster-launcher.yaml"
-    d = _load(path)[0]
-    assert d["cluster_name"]
-    assert d["provider"]["type"]
+def test_cluster_launcher_runs_the_project_image():
+    d = _load(CLUSTER / "cluster-launcher.yaml")[0]
+    assert d["cluster_name"] and d["provider"]["type"]
     nodes = d["available_node_types"]
     assert d["head_node_type"] in nodes
     for name, node in nodes.items():
         assert "node_config" in node and "resources" in node, name
+    assert d["docker"]["image"] == gen.image_ref(gen.read_release())
 
 
-def test_runtime_env_has_no_secrets():
-    path = CLUSTER / "runtime_env.yaml"
+@pytest.mark.parametrize("path", RUNTIME_ENVS, ids=[p.name for p in RUNTIME_ENVS])
+def test_runtime_env_has_no_secrets(path):
     d = _load(path)[0]
-    assert isinstance(d["pip"], list) and d["pip"] and all(isinstance(x, str) for x in d["pip"])
     assert isinstance(d["env_vars"], dict)
     assert all(isinstance(v, str) for v in d["env_vars"].values()), "env_vars values must be strings"
     secretish = re.compile(r"MLFLOW_TRACKING_(URI|PASSWORD|TOKEN|USERNAME)|SECRET|(^|_)TOKEN($|_)|PASSWORD|API_KEY|ACCESS_KEY",
                            re.IGNORECASE)
     for k, v in d["env_vars"].items():
-        assert not secretish.search(k), f"runtime_env.yaml sets {k}: secrets come from the cluster"
+        assert not secretish.search(k), f"{path.name} sets {k}: secrets come from the cluster"
         assert not re.search(r"://[^/@\s]+:[^/@\s]+@", v), f"{k} holds credentials in a URI"
-    assert "working_dir" not in d or not str(d["working_dir"]).startswith("/"), "no machine-local working_dir"
+    assert "working_dir" not in d, f"{path.name}: the working dir is given at submission (or by the manifest)"
 
 
 def _manifest_texts() -> list[tuple[str, str]]:
@@ -184,10 +404,7 @@ def _manifest_texts() -> list[tuple[str, str]]:
 
 
 def test_every_referenced_job_module_exists():
-    refs = []
-    for name, text in _manifest_texts():
-        for m in JOB_REF.finditer(text):
-            refs.append((name, m.group(1)))
+    refs = [(name, m.group(1)) for name, text in _manifest_texts() for m in JOB_REF.finditer(text)]
     assert refs
     missing = [(n, j) for n, j in refs if not (ROOT / "jobs" / f"{j}.py").is_file()]
     assert not missing, f"manifests run jobs that do not exist: {missing}"
@@ -202,6 +419,7 @@ def test_every_referenced_config_exists():
     assert not missing, f"manifests name configs that do not exist: {missing}"
 
 
+# ----------------------------------------------------------------------------- grid configs
 GRID_CONFIGS = sorted((ROOT / "configs" / "grids").glob("*.yaml"))
 
 

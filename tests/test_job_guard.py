@@ -77,9 +77,10 @@ def test_runtime_env_yaml_and_kuberay_manifests_carry_the_marker():
                 if "runtimeEnvYAML" in s:
                     inline.append((p.name, yaml.safe_load(s["runtimeEnvYAML"])))
     assert inline
-    for name, env in inline:  # the same env as runtime_env.yaml, or the guard refuses the job
+    for name, env in inline:  # the same env as runtime_env.yaml (+ working_dir), or the guard refuses the job
         assert env.get("env_vars", {}).get(_guard.MARKER), name
-        assert env.get("pip") == rt["pip"], f"{name}: pip differs from cluster/runtime_env.yaml"
+        assert env.get("env_vars") == rt["env_vars"], f"{name}: env_vars differ from cluster/runtime_env.yaml"
+        assert env.get("pip") == rt.get("pip"), f"{name}: pip differs from cluster/runtime_env.yaml"
 
 
 def test_a_missing_required_module_is_named_with_the_runtime_env():
