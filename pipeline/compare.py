@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .methods import TEXTS, known_methods
 from .storage import join
-from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELL_ID, TAG_GRID, TAG_KIND, connect,
-                       resolve_tracking_uri, tag_filter)
+from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect, decode_cells,
+                       flat_metric, resolve_tracking_uri, tag_filter)
 
 logger = logging.getLogger(__name__)
 
@@ -57,24 +58,47 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
     runs = mlflow.search_runs([exp.experiment_id], filter_string=" and ".join(filt), max_results=100000)
     if runs.empty:
         return pd.DataFrame()
-    df = pd.DataFrame({
-        "grid": runs[f"tags.{TAG_GRID}"], "cell_id": runs[f"tags.{TAG_CELL_ID}"],
-        **{c: runs[f"params.{c}"] for c in ("dataset", "backbone", "protocol", "method", "reasoner_digest")},
-        "k": runs["params.k"].astype(int), "seed": runs["params.seed"].astype(int),
-        **{m: runs.get(f"metrics.{m}") for m in QUALITY_METRICS},
-    })
+    rows = []  # a run holds a series: one row per cell it lists (TAG_CELLS), its metrics the flat <m>_k<k>
+    for run in runs.to_dict("records"):
+        for cell_id, k in decode_cells(run.get(f"tags.{TAG_CELLS}")).items():
+            rows.append({
+                "grid": run.get(f"tags.{TAG_GRID}"), "cell_id": cell_id,
+                **{c: run.get(f"params.{c}") for c in ("dataset", "backbone", "protocol", "method", "reasoner",
+                                                       "reasoner_digest")},
+                "k": k, "seed": int(run["params.seed"]),
+                **{m: run.get(f"metrics.{flat_metric(m, k)}", np.nan) for m in QUALITY_METRICS},
+            })
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
     if grids:
         df = df[df["grid"].isin(grids)]
     return df.drop_duplicates("cell_id")
 
 
+REGISTRY_PREFIX = "models:/"  # a registry reasoner's cells record models:/NAME/VERSION
+
+
+def _reasoner_names(df: pd.DataFrame) -> pd.Series:
+    """Per row, how its reasoner is named in labels: NAME/VERSION for a registry version (any row of
+    that digest), else the first 8 hex of the weights digest."""
+    digest = df["reasoner_digest"].astype(str)
+    names = dict.fromkeys(digest.unique())
+    if "reasoner" in df:
+        for d, ref in zip(digest, df["reasoner"].astype(str)):
+            if names[d] is None and ref.startswith(REGISTRY_PREFIX):
+                names[d] = ref[len(REGISTRY_PREFIX):]
+    return digest.map(lambda d: names[d] or d[:8])
+
+
 def _label(df: pd.DataFrame) -> pd.Series:
-    """Method label; runs of a reasoner method (tart) with different reasoners get the weights digest
-    appended, and embedding methods their protocol when the grid has several."""
+    """Method label; runs of a reasoner method (tart) with different reasoners get the reasoner
+    appended (its registry NAME/VERSION, else its weights digest), and embedding methods their
+    protocol when the grid has several."""
     lab = df["method"].astype(str)
     reasoned = df["method"].isin(known_methods(needs_reasoner=True))
     if "reasoner_digest" in df and df.loc[reasoned, "reasoner_digest"].nunique() > 1:
-        lab = lab.where(~reasoned, lab + "@" + df["reasoner_digest"].astype(str).str[:8])
+        lab = lab.where(~reasoned, lab + "@" + _reasoner_names(df))
     proto = df.get("protocol")
     own_protocol = df["method"].isin(known_methods(runs_on=TEXTS))  # icl: always "prompt"
     if proto is not None and proto[~own_protocol].nunique() > 1:

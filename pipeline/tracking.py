@@ -15,8 +15,9 @@
   again by a tag on re-runs, so a resumed training continues the same MLflow run.
 - `log_history(...)`: metric records (dicts with a `step`) in batches, skipping steps
   already logged by an earlier attempt (tag `tart.logged_through_step`).
-- `register_directory(...)`: register an artifact directory as a new model version and
-  point an alias at it (aliases, not the deprecated stages).
+- `register_version(...)`: register a logged model (or any artifact URI) as a new version of a
+  registered model and point an alias at it (aliases, not the deprecated stages);
+  `pipeline.registry` registers reasoners through it.
 - The grid's MLflow layout (`TAG_*`, `KIND_*`, `CELL_PARAMS`, `CELL_METRICS`): the tag,
   param and metric names `pipeline.grid` writes and `pipeline.compare` reads, in one place.
 
@@ -57,8 +58,11 @@ _SECRET_KEY = re.compile(
 _URI_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]+):(?P<pw>[^/@\s]+)@")
 
 # ---------------------------------------------------------------- the grid's MLflow layout
-# One parent run per grid launch (tart.kind=grid-launch), one child run per cell (tart.kind=cell,
-# tagged with its cell_id, params CELL_PARAMS, metrics CELL_METRICS at step k, predictions.json).
+# One parent run per grid launch (tart.kind=grid-launch) and one child run per *series*
+# (tart.kind=cell): the cells that differ only in k (params SERIES_PARAMS + "ks"), each cell a step
+# k of CELL_METRICS and, flat, `<metric>_k<k>` (what search_runs returns and the run table shows).
+# TAG_CELLS lists the run's cells; a cell is in MLflow when a FINISHED run lists it. A resumed
+# launch logs the rest of a series as another run (a segment). Predictions: a table on the launch.
 TAG_GRID = "tart.grid"  # the grid's name, on launches and cells
 TAG_KIND = "tart.kind"  # KIND_LAUNCH | KIND_CELL | KIND_COMPARE
 TAG_LAUNCH_ID = "tart.launch_id"
@@ -76,6 +80,29 @@ CELL_PARAMS = ("dataset", "dataset_options", "backbone", "protocol", "method", "
 QUALITY_METRICS = ("accuracy", "auc", "brier", "ece")  # what `compare` reads back
 CELL_METRICS = (*QUALITY_METRICS, "runtime_s")
 PREDICTIONS_ARTIFACT = "predictions.json"
+SERIES_PARAMS = tuple(c for c in CELL_PARAMS if c != "k")
+TAG_SERIES = "tart.series"  # the series' id (a hash of its SERIES_PARAMS values)
+TAG_CELLS = "tart.cells"  # "k:cell_id,k:cell_id,..." in k order
+
+
+def encode_cells(cells: Iterable[tuple[int, str]]) -> str:
+    """TAG_CELLS' value for (k, cell_id) pairs."""
+    return ",".join(f"{int(k)}:{cid}" for k, cid in sorted(cells))
+
+
+def decode_cells(value: Optional[str]) -> dict[str, int]:
+    """cell_id -> k from TAG_CELLS' value (empty for a run without it)."""
+    out = {}
+    for item in (value or "").split(","):
+        k, sep, cid = item.partition(":")
+        if sep and k.isdigit() and cid:
+            out[cid] = int(k)
+    return out
+
+
+def flat_metric(metric: str, k: int) -> str:
+    """The flat key of a series run's metric at k (`accuracy_k18`)."""
+    return f"{metric}_k{int(k)}"
 
 
 def tag_filter(key: str, value: str) -> str:
@@ -310,20 +337,33 @@ def log_history(run_id: str, records: Iterable[dict], skip: Iterable[str] = ("st
     return len(points)
 
 
-def register_directory(run_id: str, artifact_path: str, name: str, alias: str,
-                       description: str = "", tags: dict | None = None) -> str:
-    """Register run artifact `artifact_path` as a new version of `name`; set `alias` on it. Returns the version."""
+MAX_DESCRIPTION_LEN = 5000  # registry descriptions are VARCHAR(5000) in MLflow's SQL stores
+
+
+def _description(text: str) -> Optional[str]:
+    if len(text) <= MAX_DESCRIPTION_LEN:
+        return text or None
+    note = "\n\n(truncated: the full text is in the model's artifacts)"
+    return text[: MAX_DESCRIPTION_LEN - len(note)] + note
+
+
+def register_version(name: str, source: str, alias: Optional[str], *, run_id: Optional[str] = None,
+                     model_id: Optional[str] = None, description: str = "", version_description: str = "",
+                     tags: dict | None = None) -> str:
+    """Register `source` (a logged model's `models:/<id>` URI or an artifact URI) as a new version of
+    `name` (created with `description` if new); set `alias` on it. Returns the version."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     try:
-        client.create_registered_model(name, description=description or None)
+        client.create_registered_model(name, description=_description(description))
     except MlflowException as e:
         if "already exists" not in str(e) and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    mv = client.create_model_version(name, source=source, run_id=run_id,
+    mv = client.create_model_version(name, source=source, run_id=run_id, model_id=model_id,
+                                     description=_description(version_description),
                                      tags={k: redact(str(v)) for k, v in (tags or {}).items()})
-    client.set_registered_model_alias(name, alias, mv.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)

@@ -11,6 +11,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.grid import (CODE_VERSION, Cell, GridError, GridSpec, cell_metrics, expand, read_results, run_grid,
                            sync_mlflow)
+from pipeline.tracking import TAG_CELLS, decode_cells
 
 pytestmark = pytest.mark.timeout(1800)  # generous: a loaded 2-core box starves niced Ray workers
 
@@ -42,7 +43,7 @@ def _mlflow_cells(spec):
     c = MlflowClient(spec.mlflow_uri)
     exp = c.get_experiment_by_name(spec.experiment)
     runs = c.search_runs([exp.experiment_id], filter_string="tags.`tart.kind` = 'cell'", max_results=1000)
-    return [r.data.tags["cell_id"] for r in runs], runs
+    return [cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))], runs
 
 
 def test_validation_reports_every_problem_before_work(tmp_path):
@@ -243,8 +244,11 @@ def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     # (30 test SMS: one cell's accuracy has a ~0.07 standard error, hence two bounds)
     assert df["accuracy"].mean() > 0.75 and df["accuracy"].min() > 0.65, df[["method", "k", "accuracy"]]
     assert all(len(p) == 30 for p in df["probs"])
-    ids, _ = _mlflow_cells(spec)
+    ids, runs = _mlflow_cells(spec)
     assert sorted(ids) == sorted(df["cell_id"])
+    # one run per series (the cells that differ only in k): 3 methods x 1 seed, each with its 2 ks as steps
+    assert len(runs) == 3 and all(r.data.params["ks"] == "18,32" for r in runs)
+    assert all({"accuracy_k18", "accuracy_k32", "accuracy"} <= set(r.data.metrics) for r in runs)
 
     # re-run: nothing recomputed, nothing logged twice, embeddings come from the cache
     s2 = run_grid(spec)
@@ -263,7 +267,7 @@ def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     after = {p.name: p.stat().st_mtime_ns for p in cells_dir.glob("*.parquet")}
     assert all(after[n] == t for n, t in before.items())  # untouched
     assert len(read_results(spec)) == 6
-    assert sorted(_mlflow_cells(spec)[0]) == sorted(ids)  # still one MLflow run per cell
+    assert sorted(_mlflow_cells(spec)[0]) == sorted(ids)  # still each cell in one MLflow run
 
 
 @pytest.mark.slow  # 15 s of it: tracking.connect's retry back-off (1+2+4+8 s) on the dead URI

@@ -23,6 +23,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.grid import GridSpec, expand, read_results, run_grid
 from pipeline.storage import StorageError
+from pipeline.tracking import TAG_CELLS, decode_cells, flat_metric
 from servers import MlflowServer
 
 pytestmark = pytest.mark.timeout(900)
@@ -108,10 +109,11 @@ def _assert_each_cell_once(spec: GridSpec, uri: str) -> None:
     df = read_results(spec)
     assert len(df) == N_CELLS and set(df["cell_id"]) == expected
     runs = _mlflow_cell_runs(uri, spec.name)
-    ids = [r.data.tags["cell_id"] for r in runs]
-    assert sorted(ids) == sorted(expected), f"{len(ids)} MLflow runs for {N_CELLS} cells"
+    ids = [cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))]
+    assert sorted(ids) == sorted(expected), f"{len(ids)} cells in MLflow runs for {N_CELLS} cells"
     assert {r.info.status for r in runs} == {"FINISHED"}
-    assert all("accuracy" in r.data.metrics for r in runs)
+    for r in runs:  # every cell a run lists has its metrics
+        assert all(flat_metric("accuracy", k) in r.data.metrics for k in decode_cells(r.data.tags[TAG_CELLS]).values())
 
 
 @pytest.mark.slow
@@ -166,8 +168,8 @@ def test_mlflow_server_dies_mid_grid_nothing_lost_and_sync_completes(tmp_path, e
 
         srv.start()  # the same server (database, port) comes back
         # cells with a FINISHED run (a run the dying server took mid-log stays RUNNING: its cell is re-logged)
-        n_before = len({r.data.tags["cell_id"] for r in _mlflow_cell_runs(srv.uri, spec.name)
-                        if r.info.status == "FINISHED"})
+        n_before = len({cid for r in _mlflow_cell_runs(srv.uri, spec.name) if r.info.status == "FINISHED"
+                        for cid in decode_cells(r.data.tags.get(TAG_CELLS))})
         assert n_before < N_CELLS
         sync = subprocess.run([TART, "grid", *over, "--sync-mlflow"], capture_output=True, text=True, env=_env(),
                               timeout=600)
@@ -223,7 +225,7 @@ def test_disk_full_stops_with_a_clear_error_and_keeps_finished_cells(tmp_path, e
     assert not [p for p in (Path(small_disk) / "full" / "cells").iterdir() if p.name.startswith("_tmp-")]
     assert "skipping unreadable" not in pipeline_log.text
     written = {p.stem for p in files}
-    assert {r.data.tags["cell_id"] for r in _mlflow_cell_runs(uri, "full")} == written
+    assert {cid for r in _mlflow_cell_runs(uri, "full") for cid in decode_cells(r.data.tags.get(TAG_CELLS))} == written
 
     # more room: the re-run computes only what is missing
     subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)

@@ -30,6 +30,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
+from pipeline.tracking import TAG_CELLS, decode_cells
 
 from servers import free_port
 
@@ -188,7 +189,7 @@ def test_ray_job_submit_cli_runs_grid_and_duplicate_id_is_refused(ray_cluster, j
     assert len(df) == 2 and set(df["method"]) == {"tart", "lr_full"}, df
     assert df["cell_id"].is_unique and all(len(p) == 20 for p in df["probs"])
     runs = _mlflow_cell_runs(spec.mlflow_uri, name)
-    assert {r.data.tags["cell_id"] for r in runs} == set(df["cell_id"])
+    assert {cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))} == set(df["cell_id"])
     status = ray_cluster["client"].get_job_status(sid)
     assert str(status) in ("SUCCEEDED", "JobStatus.SUCCEEDED")
 
@@ -197,7 +198,7 @@ def test_ray_job_submit_cli_runs_grid_and_duplicate_id_is_refused(ray_cluster, j
     assert again.returncode != 0
     assert "already exists" in (again.stdout + again.stderr).lower() or sid in again.stdout + again.stderr
     assert len(read_results(spec)) == 2
-    assert len(_mlflow_cell_runs(spec.mlflow_uri, name)) == 2
+    assert sum(len(decode_cells(r.data.tags.get(TAG_CELLS))) for r in _mlflow_cell_runs(spec.mlflow_uri, name)) == 2
 
 
 def _wait_job(client, sid: str, timeout: float = 300):
@@ -253,12 +254,16 @@ def test_grid_to_mlflow_server_then_compare(mlflow_server, sms_minilm_cache, tmp
     assert summary["cells_run"] == 2 and summary["cells_failed"] == 0
     assert summary["mlflow_uri"] == mlflow_server
     runs = _mlflow_cell_runs(mlflow_server, name)
-    assert {r.data.tags["cell_id"] for r in runs} == set(read_results(spec)["cell_id"])
-    # predictions are artifacts served through the tracking server (--artifacts-destination)
+    assert {cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))} == set(read_results(spec)["cell_id"])
+    # predictions: one table on the launch's run, an artifact served through the tracking server
     from mlflow.tracking import MlflowClient
 
-    arts = [a.path for a in MlflowClient(mlflow_server).list_artifacts(runs[0].info.run_id)]
+    client = MlflowClient(mlflow_server)
+    arts = [a.path for a in client.list_artifacts(summary["parent_run_id"])]
     assert "predictions.json" in arts
+    table = client.load_table(client.get_run(summary["parent_run_id"]).info.experiment_id, "predictions.json",
+                              run_ids=[summary["parent_run_id"]])
+    assert set(table["cell_id"]) == set(read_results(spec)["cell_id"]) and all(len(p) == 30 for p in table["probs"])
 
     out = tmp_path / "cmp"
     assert compare_main([f"mlflow_uri={mlflow_server}", f"grids=[{name}]", f"out={out}"]) == 0

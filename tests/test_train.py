@@ -134,8 +134,12 @@ def test_mlflow_params_curves_artifact_and_registry(fault_run, env, tmp_path):
     assert {"reasoner/model.safetensors", "reasoner/config.json", "reasoner/metrics.jsonl"} <= arts
     mv = client.get_model_version_by_alias("tart-test", "candidate")
     assert mv.run_id == run.info.run_id
-    local = mlflow.artifacts.download_artifacts("models:/tart-test@candidate", dst_path=str(tmp_path / "dl"))
-    assert load_reasoner(local).meta["step"] == 6
+    # the version is an MLflow Model (pyfunc, tests/test_registry.py) holding the checkpoint folder and its card
+    local = Path(mlflow.artifacts.download_artifacts("models:/tart-test@candidate", dst_path=str(tmp_path / "dl")))
+    assert (local / "MLmodel").is_file()
+    assert load_reasoner(local / "artifacts" / "reasoner").meta["step"] == 6
+    assert mv.tags["tart.weights_digest"] == run.data.tags["tart.weights_digest"]
+    assert (local / "artifacts" / "reasoner" / "README.md").read_text().startswith("# Model card: TART reasoner `fault`")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@
 Flow, one module per step:
 1. `spec`: expand the spec into cells; each has a content-addressed id (a hash of everything
    that decides its result). The whole grid is validated first and every problem reported
-   at once, before any work.
+   at once, before any work; `models:/` reasoners are resolved then (`pipeline.registry`).
 2. `driver`: skip cells already in the results table (unless --force).
 3. `cells`: each (dataset, backbone, protocol) is embedded once through the embed stage's
    cache; cost grows with distinct examples, not with k x seeds x methods.
@@ -25,7 +25,7 @@ from .cli import main
 from .driver import run_grid
 from .mlflow_view import MlflowView, sync_mlflow
 from .results import cell_metrics, read_results, write_results_table
-from .spec import CODE_VERSION, Cell, GridError, GridSpec, cell_dtype, expand
+from .spec import CODE_VERSION, Cell, Expansion, GridError, GridSpec, cell_dtype, expand, expand_grid
 
-__all__ = ["CODE_VERSION", "Cell", "GridError", "GridSpec", "MlflowView", "cell_dtype", "cell_metrics", "expand",
-           "main", "read_results", "run_grid", "sync_mlflow", "write_results_table"]
+__all__ = ["CODE_VERSION", "Cell", "Expansion", "GridError", "GridSpec", "MlflowView", "cell_dtype", "cell_metrics",
+           "expand", "expand_grid", "main", "read_results", "run_grid", "sync_mlflow", "write_results_table"]

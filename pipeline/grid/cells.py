@@ -18,7 +18,7 @@ import numpy as np
 from ..datasets import context_sets
 from ..embed import get_embeddings
 from ..methods import get_method, run_method
-from .spec import Cell, GridSpec, reasoner_dir
+from .spec import NO_REASONER, Cell, GridSpec, reasoner_folder
 
 
 class Episode(NamedTuple):
@@ -27,6 +27,23 @@ class Episode(NamedTuple):
     Xq: np.ndarray  # (q, D) query (test) embeddings
     yq: np.ndarray  # (q,) query labels
     ids: list  # (q,) query example ids
+    # the cell's reasoner checkpoint folder as the driver found it (a registry reasoner's local copy):
+    # a worker does not depend on its own environment to find it
+    reasoner_dir: Optional[str] = None
+
+
+def _with_reasoner_dirs(episodes: dict[Cell, Episode]) -> dict[Cell, Episode]:
+    """Each reasoner cell's episode with the folder of its reasoner (looked up once per reasoner)."""
+    folders: dict[tuple, str] = {}
+    out = {}
+    for c, ep in episodes.items():
+        if c.reasoner != NO_REASONER:
+            key = (c.reasoner, c.reasoner_digest)
+            if key not in folders:
+                folders[key] = str(reasoner_folder(c.reasoner, c.reasoner_digest))
+            ep = ep._replace(reasoner_dir=folders[key])
+        out[c] = ep
+    return out
 
 
 def group_episodes(spec: GridSpec, cells: list[Cell]) -> tuple[dict[Cell, Episode], int]:
@@ -43,7 +60,7 @@ def group_episodes(spec: GridSpec, cells: list[Cell]) -> tuple[dict[Cell, Episod
         for c in cells:
             ctx = context_sets(train.labels, [c.k], c.seed)[c.k]
             episodes[c] = Episode(train.X[ctx], train.labels[ctx], test.X, test.labels, test.ids)
-        return episodes, both.forward_passes
+        return _with_reasoner_dirs(episodes), both.forward_passes
     # vanilla / loo: context-dependent, per (k, seed); all of them computed (or read from the
     # cache) in one call, one Ray task per seed in parallel, then picked per cell
     every = get_embeddings(c0.dataset, "train", c0.backbone, c0.protocol, k=c0.k, seed=c0.seed,
@@ -52,18 +69,20 @@ def group_episodes(spec: GridSpec, cells: list[Cell]) -> tuple[dict[Cell, Episod
     for c in cells:
         tr, te = every.select("train", c.k, c.seed), every.select("test", c.k, c.seed)
         episodes[c] = Episode(tr.X, tr.labels, te.X, te.labels, te.ids)
-    return episodes, every.forward_passes
+    return _with_reasoner_dirs(episodes), every.forward_passes
 
 
-_REASONERS: dict[str, Any] = {}  # per process (a Ray worker runs many cells): each checkpoint loaded once
+# per process (a Ray worker runs many cells): each checkpoint loaded once, by (reference, weights digest)
+_REASONERS: dict[tuple, Any] = {}
 
 
-def _reasoner(ref: str) -> Any:
+def _reasoner(cell: Cell, folder: Optional[str]) -> Any:
     from ..reasoner import load_reasoner  # imports torch (~3 s): only processes that run tart cells
 
-    if ref not in _REASONERS:
-        _REASONERS[ref] = load_reasoner(reasoner_dir(ref))
-    return _REASONERS[ref]
+    key = (cell.reasoner, cell.reasoner_digest)
+    if key not in _REASONERS:
+        _REASONERS[key] = load_reasoner(reasoner_folder(cell.reasoner, cell.reasoner_digest, hint=folder))
+    return _REASONERS[key]
 
 
 def run_embedding_cells(cells: list[Cell], episodes: list[Episode],
@@ -74,7 +93,7 @@ def run_embedding_cells(cells: list[Cell], episodes: list[Episode],
             yield None
             continue
         t0 = time.time()
-        reasoner = _reasoner(cell.reasoner) if get_method(cell.method).needs_reasoner else None
+        reasoner = _reasoner(cell, ep.reasoner_dir) if get_method(cell.method).needs_reasoner else None
         p = run_method(cell.method, ep.Xc, ep.yc, ep.Xq, reasoner=reasoner)
         yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0, "labels": ep.yq, "ids": ep.ids}
 

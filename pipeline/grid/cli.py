@@ -16,14 +16,15 @@ from ..tracking import TrackingError
 from .driver import run_grid
 from .mlflow_view import sync_mlflow
 from .results import read_results
-from .spec import DEFAULT_GRID, GridError, GridSpec, expand
+from .spec import DEFAULT_GRID, GridError, GridSpec, expand_grid
 
 FIELD_HELP = {
     "name": "grid id: results live under <storage>/<name>/",
     "datasets": "names, or {name, options} mappings",
     "backbones": "registered names, HF ids or local folders",
     "methods": "from pipeline.methods (tart, lr_probe, lr_full, icl)",
-    "reasoners": '"default" (the shipped one) or checkpoint dirs',
+    "reasoners": '"default" (the shipped one), checkpoint dirs, or models:/NAME@ALIAS | models:/NAME/VERSION '
+                 "(the grid's MLflow registry, resolved once per launch)",
     "protocols": "stream | vanilla | loo (vanilla/loo: causal LMs only)",
     "test_size": "balanced test subsample per dataset",
     "train_size": "balanced context pool per dataset",
@@ -43,6 +44,7 @@ EXAMPLES = [
     "  tart grid                                   # the default grid (configs/grids/default.yaml)",
     "  tart grid --config configs/grids/paper.yaml mlflow_uri=http://mlflow:5000",
     "  tart grid methods=[tart,lr_probe] --dry-run  # validate and count the cells, run nothing",
+    "  tart grid reasoners=[models:/tart-reasoner@champion]  # the registry's champion (MLflow model registry)",
     "  tart grid --sync-mlflow                     # log table rows that MLflow is missing",
     "",
     "exit status: 0 all cells done and logged; 1 some cells failed (re-run: finished cells are kept);",
@@ -81,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             sync_mlflow(spec)
             return 0
         if a.dry_run:
-            print(f"grid {spec.name}: {len(expand(spec))} valid cells")
+            grid = expand_grid(spec)
+            for _, r in grid.registry:
+                print(f"reasoner {r.ref} = {r.name} version {r.version} (weights {r.digest})")
+            print(f"grid {spec.name}: {len(grid.cells)} valid cells")
             return 0
         _log_under_storage(spec, a.verbose)
         summary = run_grid(spec, force=a.force, num_cpus=a.num_cpus)

@@ -52,6 +52,12 @@ class Executor:
             self._ray = ray
             self._task = ray.remote(_run_unit)
 
+    def slots(self, cpus_per_unit: float) -> int:
+        """How many units of `cpus_per_unit` CPUs run at once (1 here; on Ray, the cluster's CPUs now)."""
+        if not self.remote:
+            return 1
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1) // cpus_per_unit))
+
     def submit(self, fn: Callable, keys: list, *args: Any, cpus: float = 1.0, gpus: float = 0.0,
                retries: int = 0) -> None:
         """Queue the unit `fn(keys, *args)`; on Ray it starts now as a task asking for `cpus` / `gpus`."""

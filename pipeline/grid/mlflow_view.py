@@ -1,29 +1,41 @@
-"""MLflow as the view of a grid's results table: one parent run per launch, one child run per cell.
+"""MLflow as the view of a grid's results table: one parent run per launch, one child run per series.
 
-The layout (tag, param and metric names) is `pipeline.tracking`'s, which `compare` reads.
+The layout (tag, param and metric names) is `pipeline.tracking`'s, which `compare` reads: a
+series is the cells that differ only in k, logged as one run with a step per k. Why series: a
+run costs three round trips (create, log batch, terminate; ~0.1-0.3 s against a server), which
+per cell made logging the slowest part of a grid of cheap cells. Finished cells wait in the
+view until their series has all its cells of this launch (or SEGMENT_MAX_CELLS), then a
+background thread logs them while the grid goes on.
+
 Only the driver logs, and a cell already in MLflow is never logged twice; `sync_mlflow`
 logs what an outage or a killed driver left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import socket
 import subprocess
+import threading
 import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
 from ..config import to_dict
-from ..tracking import (CELL_METRICS, CELL_PARAMS, KIND_CELL, KIND_LAUNCH, PREDICTIONS_ARTIFACT, TAG_CELL_ID,
+from ..tracking import (CELL_METRICS, KIND_CELL, KIND_LAUNCH, PREDICTIONS_ARTIFACT, SERIES_PARAMS, TAG_CELLS,
                         TAG_CODE_VERSION, TAG_DATASET, TAG_GIT_SHA, TAG_GRID, TAG_HOST, TAG_KIND, TAG_LAUNCH_ID,
-                        TAG_PID, TrackingError, connect, ensure_experiment, flatten_params, tag_filter)
+                        TAG_PID, TAG_SERIES, TrackingError, connect, decode_cells, encode_cells, ensure_experiment,
+                        flat_metric, flatten_params, tag_filter)
 from .results import read_results
-from .spec import GridSpec
+from .spec import Cell, GridSpec
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +59,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class MlflowView:
-    """The driver's MLflow logger: parent run per launch, child run per cell, no duplicates.
+# a series is a cell's fields but k (the dtype too: another dtype is another series)
+SERIES_FIELDS = tuple(f.name for f in dataclasses.fields(Cell) if f.name != "k")
+SEGMENT_MAX_CELLS = 50  # log_batch takes 1,000 metrics a call: 2 x len(CELL_METRICS) per cell
+LOG_THREADS = 4  # concurrent series logs (a server serves them in parallel; sqlite serialises them)
 
-    Exactly one FINISHED child run per cell, even when a driver was killed mid-log or two
-    drivers log the same cell at once: at the end of every launch (and sync), `dedupe`
-    keeps the earliest FINISHED run of each cell (start time, then run id: every driver
-    picks the same one) and deletes the others, unfinished leftovers of killed drivers
-    included. A driver whose half-logged run was deleted that way sees the cell logged.
-    If the server fails mid-grid the view goes `down`: the grid goes on (the results
-    table is the source of truth) and no further call waits on a dead server.
+
+def series_id(cell_or_row) -> str:
+    """The id of the series a cell (or its results-table row) belongs to."""
+    get = cell_or_row.get if isinstance(cell_or_row, dict) else lambda f: getattr(cell_or_row, f)
+    key = {f: get(f) for f in SERIES_FIELDS}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class MlflowView:
+    """The driver's MLflow logger: parent run per launch, child run per series, no duplicates.
+
+    Exactly one FINISHED run lists each cell, even when a driver was killed mid-log or two
+    drivers log the same cell at once: at the end of every launch (and sync), `dedupe` walks
+    the FINISHED runs from the earliest (start time, then run id: every driver picks the same
+    order), keeps a run whose cells no earlier run holds, deletes one whose cells all are, and
+    replaces one that holds some by a run of the rest; unfinished runs of cells held elsewhere
+    (leftovers of killed drivers) are deleted. If the server fails mid-grid the view goes
+    `down`: the grid goes on (the results table is the source of truth) and no further call
+    waits on a dead server.
     """
 
     def __init__(self, spec: GridSpec, launch_id: str):
@@ -73,6 +99,8 @@ class MlflowView:
         self.git_sha = _git_sha()
         self.down: Optional[str] = None  # the error that took the server away, if any
         self.unlogged = 0  # cells this launch could not log (still in the results table)
+        self.runs_logged = 0  # series runs this launch created
+        self.log_busy_s = 0.0  # time the background threads spent logging (the driver waits only at the end)
         self._close_dead_launches()
         parent = self.client.create_run(
             self.exp_id, run_name=f"grid-{spec.name}-{launch_id}",
@@ -80,20 +108,32 @@ class MlflowView:
                   TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())},
         )
         self.parent_id = parent.info.run_id
-        for k, v in list(flatten_params(to_dict(spec)).items())[:100]:
-            self.client.log_param(self.parent_id, k, v[:6000])
+        from mlflow.entities import Param
+
+        params = [Param(k, v[:6000]) for k, v in flatten_params(to_dict(spec)).items()]
+        for i in range(0, min(len(params), 500), 100):  # log_batch takes 100 params a call
+            self.client.log_batch(self.parent_id, params=params[i:i + 100])
         self.logged = self.logged_cells()
+        self._expected: Counter = Counter()  # series -> cells this launch still expects to finish
+        self._pending: dict[str, list[dict]] = {}  # series -> finished rows not logged yet
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(LOG_THREADS, thread_name_prefix="mlflow-log")
+        self._futures: list[Future] = []
+        self.predictions: list[dict] = []  # this launch's rows, for the predictions table
+
+    # ------------------------------------------------------------------ reading the view
 
     def _runs(self, kind: str, extra: str = "", max_results: int = 50000) -> list:
         f = f"{tag_filter(TAG_GRID, self.spec.name)} and {tag_filter(TAG_KIND, kind)}{extra}"
         return self.client.search_runs([self.exp_id], filter_string=f, max_results=max_results)
 
-    def _cell_runs(self, cell_id: Optional[str] = None) -> list:
-        return self._runs(KIND_CELL, f" and {tag_filter(TAG_CELL_ID, cell_id)}" if cell_id else "")
+    def _series_runs(self) -> list:
+        return self._runs(KIND_CELL)
 
     def logged_cells(self) -> set[str]:
-        """Cells with a FINISHED run (a run left RUNNING by a killed driver does not count)."""
-        return {r.data.tags.get(TAG_CELL_ID) for r in self._cell_runs() if r.info.status == "FINISHED"}
+        """Cells a FINISHED run lists (a run left RUNNING by a killed driver does not count)."""
+        return {cid for r in self._series_runs() if r.info.status == "FINISHED"
+                for cid in decode_cells(r.data.tags.get(TAG_CELLS))}
 
     def _close_dead_launches(self) -> None:
         """Mark parent runs of drivers that died on this host (pid gone) as KILLED."""
@@ -102,94 +142,199 @@ class MlflowView:
             if host == socket.gethostname() and pid and pid.isdigit() and not _pid_alive(int(pid)):
                 self.client.set_terminated(r.info.run_id, status="KILLED")
 
-    def dedupe(self) -> int:
-        """Keep one run per cell: the earliest FINISHED one; delete the rest. Returns deletions.
+    # ------------------------------------------------------------------ logging
 
-        One search for the whole grid at the end of a launch (not one per cell: with a
-        sqlite store that doubled the logging cost). Cells with no FINISHED run yet (a
-        concurrent driver still logging) are left alone.
-        """
-        if self.down:
-            return 0
-        by_cell: dict[str, list] = {}
-        for r in self._cell_runs():
-            by_cell.setdefault(r.data.tags.get(TAG_CELL_ID), []).append(r)
-        deleted = 0
-        for runs in by_cell.values():
-            finished = sorted((r for r in runs if r.info.status == "FINISHED"),
-                              key=lambda r: (r.info.start_time, r.info.run_id))
-            for r in runs if finished else []:
-                if r.info.run_id != finished[0].info.run_id:
-                    try:
-                        self.client.delete_run(r.info.run_id)
-                        deleted += 1
-                    except Exception:  # noqa: BLE001 - another driver deleted it first
-                        pass
-        return deleted
+    def expect(self, cells: Iterable[Cell]) -> None:
+        """The cells this launch will report (finished, failed or done elsewhere): a series is
+        logged once all of its expected cells are in."""
+        with self._lock:
+            self._expected.update(series_id(c) for c in cells)
 
-    def log_cell(self, row: dict) -> bool:
-        """Log one results-table row as a child run; False if already logged or MLflow is down."""
-        if row["cell_id"] in self.logged:
-            return False
+    def log_cell(self, row: dict) -> None:
+        """Queue a finished cell's row; its series is logged (in the background) once complete."""
+        self.predictions.append(row)
+        self._arrived(series_id(row), row)
+
+    def skip_cell(self, cell: Cell) -> None:
+        """A cell this launch will not log (it failed, or another driver finished it)."""
+        self._arrived(series_id(cell), None)
+
+    def _arrived(self, sid: str, row: Optional[dict]) -> None:
+        with self._lock:
+            pending = self._pending.setdefault(sid, [])
+            if row is not None and row["cell_id"] not in self.logged:
+                pending.append(row)
+            self._expected[sid] -= 1
+            if self._expected[sid] > 0 and len(pending) < SEGMENT_MAX_CELLS:
+                return
+            rows = self._pending.pop(sid)
+        if rows:
+            self._futures.append(self._pool.submit(self._log_segment, rows))
+
+    def flush(self) -> None:
+        """Log every queued row (also of series not complete: a launch that ends) and wait."""
+        with self._lock:
+            batches = [rows for rows in self._pending.values() if rows]
+            self._pending.clear()
+        for rows in batches:
+            self._futures.append(self._pool.submit(self._log_segment, rows))
+        while self._futures:
+            self._futures.pop().result()  # _log_segment never raises
+
+    def _log_segment(self, rows: list[dict]) -> None:
+        """Log rows of one series as one run (or several, SEGMENT_MAX_CELLS each); never raises."""
+        t = time.time()
+        for start in range(0, len(rows), SEGMENT_MAX_CELLS):
+            self._log_rows(rows[start:start + SEGMENT_MAX_CELLS])
+        with self._lock:
+            self.log_busy_s += time.time() - t
+
+    def _log_rows(self, rows: list[dict]) -> None:
+        ids = {r["cell_id"] for r in rows}
         if self.down:
-            self.unlogged += 1
-            return False
+            with self._lock:
+                self.unlogged += len(rows)
+            return
         for attempt in range(3):  # transient errors (a locked sqlite behind the server) get retried
             try:
-                self._log_cell(row)
+                self._create_series_run(rows)
                 break
-            except Exception as e:  # noqa: BLE001 - the row is safe in the table; sync later
-                if self._logged_by_another(row["cell_id"]):
-                    self.logged.add(row["cell_id"])
-                    return False
+            except Exception as e:  # noqa: BLE001 - the rows are safe in the table; sync later
+                if self._logged_by_another(ids):
+                    with self._lock:
+                        self.logged |= ids
+                    return
                 error = f"{type(e).__name__}: {e}"
                 if attempt < 2:
                     time.sleep(1.0 + attempt)
         else:
-            self.down = error
-            self.unlogged += 1
-            logger.warning(f"[grid] WARNING: MLflow logging failed ({self.down}); the remaining cells go to the "
-                           f"results table only — run `tart grid --sync-mlflow` (or re-run the grid) when MLflow is back")
-            return False
-        self.logged.add(row["cell_id"])
-        return True
+            with self._lock:
+                first = self.down is None
+                self.down = self.down or error
+                self.unlogged += len(rows)
+            if first:
+                logger.warning(f"[grid] WARNING: MLflow logging failed ({error}); the remaining cells go to the "
+                               f"results table only — run `tart grid --sync-mlflow` (or re-run the grid) when "
+                               f"MLflow is back")
+            return
+        with self._lock:
+            self.logged |= ids
+            self.runs_logged += 1
 
-    def _logged_by_another(self, cell_id: str) -> bool:
-        """After a failed log: did a concurrent driver log the cell (and delete our half-made run)?"""
+    def _logged_by_another(self, ids: set[str]) -> bool:
+        """After a failed log: did a concurrent driver log these cells (and delete our half-made run)?"""
         try:
-            return any(r.info.status == "FINISHED" for r in self._cell_runs(cell_id))
+            return ids <= self.logged_cells()
         except Exception:  # noqa: BLE001 - the server is really down
             return False
 
-    def _log_cell(self, row: dict) -> None:
+    def _create_series_run(self, rows: list[dict]) -> None:
         from mlflow.entities import Metric, Param, RunTag  # loaded with MlflowClient in __init__
 
-        tags = {"mlflow.parentRunId": self.parent_id, TAG_CELL_ID: row["cell_id"], TAG_GRID: self.spec.name,
-                TAG_KIND: KIND_CELL, TAG_GIT_SHA: self.git_sha, TAG_CODE_VERSION: row["code_version"]}
-        name = f"{row['dataset']}/{row['backbone']}/{row['method']}/k{row['k']}/s{row['seed']}"
-        run = self.client.create_run(self.exp_id, run_name=name, tags=tags)
-        rid = run.info.run_id
-        params = {c: str(row[c]) for c in CELL_PARAMS}
+        first = rows[0]
+        rows = sorted(rows, key=lambda r: int(r["k"]))
+        tags = {"mlflow.parentRunId": self.parent_id, TAG_GRID: self.spec.name, TAG_KIND: KIND_CELL,
+                TAG_SERIES: series_id(first), TAG_CELLS: encode_cells((r["k"], r["cell_id"]) for r in rows),
+                TAG_GIT_SHA: self.git_sha, TAG_CODE_VERSION: first["code_version"], TAG_DATASET: first["dataset"]}
+        name = f"{first['dataset']}/{first['backbone']}/{first['method']}/s{first['seed']}"
+        rid = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
+        params = [Param(c, str(first[c])) for c in SERIES_PARAMS]
+        params.append(Param("ks", ",".join(str(int(r["k"])) for r in rows)[:6000]))
         now = int(time.time() * 1000)
-        metrics = [Metric(m, float(row[m]), now, int(row["k"])) for m in CELL_METRICS
-                   if row.get(m) is not None and np.isfinite(row[m])]
-        self.client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                              tags=[RunTag(TAG_DATASET, row["dataset"])])
-        self.client.log_text(rid, json.dumps({"ids": list(row["test_ids"]), "labels": list(map(int, row["labels"])),
-                                              "probs": [float(x) for x in row["probs"]]}), PREDICTIONS_ARTIFACT)
+        metrics = []
+        for r in rows:
+            k = int(r["k"])
+            for m in CELL_METRICS:
+                if r.get(m) is not None and np.isfinite(r[m]):
+                    metrics += [Metric(m, float(r[m]), now, k), Metric(flat_metric(m, k), float(r[m]), now, 0)]
+        self.client.log_batch(rid, metrics=metrics, params=params)
         self.client.set_terminated(rid)
 
     def sync(self, df) -> int:
-        """Log every row of the results table `df` that MLflow does not hold yet."""
-        return sum(self.log_cell(row) for row in df.to_dict("records"))
+        """Log every row of the results table `df` that MLflow does not hold yet; returns how many."""
+        rows = [r for r in df.to_dict("records") if r["cell_id"] not in self.logged] if len(df) else []
+        by_series: dict[str, list[dict]] = {}
+        for r in rows:
+            by_series.setdefault(series_id(r), []).append(r)
+        before = self.unlogged
+        futures = [self._pool.submit(self._log_segment, rs) for rs in by_series.values()]
+        for f in futures:
+            f.result()
+        return len(rows) - (self.unlogged - before)
+
+    # ------------------------------------------------------------------ closing
+
+    def dedupe(self, table=None) -> int:
+        """One FINISHED run per cell (see the class docstring); returns the runs deleted.
+
+        `table`: the results table, to re-log the cells of a run replaced for partly
+        duplicating an earlier one (read from storage when needed and not given).
+        """
+        if self.down:
+            return 0
+        runs = self._series_runs()
+        finished = sorted((r for r in runs if r.info.status == "FINISHED"),
+                          key=lambda r: (r.info.start_time, r.info.run_id))
+        held: set[str] = set()
+        doomed, relog = [], set()
+        for r in finished:
+            cells = set(decode_cells(r.data.tags.get(TAG_CELLS)))
+            if cells and not cells & held:
+                held |= cells
+                continue
+            doomed.append(r)
+            relog |= cells - held
+            held |= cells - held
+        doomed += [r for r in runs if r.info.status != "FINISHED"
+                   and set(decode_cells(r.data.tags.get(TAG_CELLS))) <= held]
+        deleted = 0
+        for r in doomed:
+            try:
+                self.client.delete_run(r.info.run_id)
+                deleted += 1
+            except Exception:  # noqa: BLE001 - another driver deleted it first
+                pass
+        if relog:  # a run that duplicated part of an earlier one: the rest of it is logged again
+            table = read_results(self.spec) if table is None else table
+            rows = [r for r in table.to_dict("records") if r["cell_id"] in relog]
+            with self._lock:
+                self.logged -= relog
+            by_series: dict[str, list[dict]] = {}
+            for row in rows:
+                by_series.setdefault(series_id(row), []).append(row)
+            for rs in by_series.values():
+                self._log_segment(rs)
+        return deleted
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
         self.dedupe()
         if self.down:
             return
-        for k, v in summary.items():
-            self.client.log_metric(self.parent_id, k, float(v))
+        self._log_predictions()
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))]
+        self.client.log_batch(self.parent_id, metrics=metrics)
         self.client.set_terminated(self.parent_id, status=status)
+
+    def _log_predictions(self) -> None:
+        """This launch's predictions as one table on its run (one row per cell; MLflow shows it as a table)."""
+        if not self.predictions:
+            return
+        import pandas as pd
+
+        cols = ["cell_id", "dataset", "backbone", "method", "reasoner", "k", "seed", "test_ids", "labels", "probs"]
+        df = pd.DataFrame([{c: r.get(c) for c in cols} for r in self.predictions])
+        df["test_ids"] = df["test_ids"].map(lambda v: [str(x) for x in v])
+        df["labels"] = df["labels"].map(lambda v: [int(x) for x in v])
+        df["probs"] = df["probs"].map(lambda v: [round(float(x), 6) for x in v])
+        try:
+            self.client.log_table(self.parent_id, data=df, artifact_file=PREDICTIONS_ARTIFACT)
+        except Exception as e:  # noqa: BLE001 - the predictions are in the results table too
+            logger.warning(f"[grid] WARNING: could not log the predictions table ({e})")
 
 
 def sync_mlflow(spec: GridSpec) -> int:

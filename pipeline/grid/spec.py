@@ -6,6 +6,13 @@ CODE_VERSION): a re-run skips every cell whose id is in the results table. `expa
 validates the whole grid first and reports every problem at once (`GridError`), before any
 work; what a method needs (a reasoner, a causal backbone, k above its PCA size) comes from
 the method registry (`pipeline.methods`).
+
+Reasoners are "default" (the shipped one), checkpoint folders, or model registry references
+(`models:/NAME@ALIAS`, `models:/NAME/VERSION`). A reference is resolved once per expansion
+(`expand_grid`; a launch expands once) to the version it names and a local copy
+(`pipeline.registry`); its cells record the pinned version (`models:/NAME/VERSION`) and, like
+every reasoner's, the weights digest that their ids hash, so moving an alias to new weights gives
+new tart cells and leaves every other cell done.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from itertools import product
@@ -25,7 +33,11 @@ from ..config import ConfigError
 from ..datasets import DatasetError, load_examples
 from ..methods import EMBEDDINGS, Method, get_method, known_methods
 from ..modality import modality_of
+from ..registry import RegistryError, ResolvedReasoner, is_registry_uri, local_folder, resolve, weights_digest
 from ..runtime import DTYPES, resolve_dtype
+from ..tracking import TrackingError
+
+logger = logging.getLogger(__name__)
 
 CODE_VERSION = "grid-v1"  # bump when a change alters cell results; part of every cell id
 PROTOCOLS = ("stream", "vanilla", "loo")  # embedding protocols; vanilla/loo prompt a causal LM
@@ -45,7 +57,8 @@ class GridSpec:
     datasets: list[Any] = field(default_factory=lambda: ["sms_spam", "tweet_sentiment", "spoken_digits"])  # name or {name, options}
     backbones: list[str] = field(default_factory=lambda: ["smollm2-135m", "minilm-l6", "whisper-tiny-en"])
     methods: list[str] = field(default_factory=lambda: ["tart", "icl", "lr_probe"])
-    reasoners: list[str] = field(default_factory=lambda: ["default"])  # "default" or checkpoint dirs
+    # "default", checkpoint dirs, or registry references models:/NAME@ALIAS | models:/NAME/VERSION
+    reasoners: list[str] = field(default_factory=lambda: ["default"])
     ks: list[int] = field(default_factory=lambda: [18, 32, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     protocols: list[str] = field(default_factory=lambda: ["stream"])
@@ -145,28 +158,33 @@ def cell_dtype(dtype: str, gpus: float) -> str:
 
 
 def reasoner_dir(ref: str) -> Path:
+    """The folder of a folder reasoner ("default": the shipped one); registry ones: `reasoner_folder`."""
     from ..reasoner import default_checkpoint_dir  # pipeline.reasoner imports torch (~3 s): only when asked
 
     return default_checkpoint_dir() if ref == "default" else Path(ref)
 
 
 def reasoner_digest(ref: str) -> str:
-    path = reasoner_dir(ref) / "model.safetensors"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """The weights digest of a folder reasoner (sha256 of its model.safetensors, 16 hex)."""
+    return weights_digest(reasoner_dir(ref))
+
+
+def reasoner_folder(ref: str, digest: str, hint: Optional[str] = None) -> Path:
+    """The checkpoint folder of a cell's reasoner on this machine: a folder reasoner's own, a registry
+    reasoner's local copy (`hint`: where the driver put it; see `pipeline.registry.local_folder`)."""
+    return local_folder(ref, digest, hint) if is_registry_uri(ref) else reasoner_dir(ref)
 
 
 @dataclass(frozen=True)
 class _Reasoner:
     """What the grid needs of one reasoner checkpoint, read without loading it."""
 
-    ref: str
+    ref: str  # as the grid lists it
     digest: str
     d: int
     max_k: int
+    cell_ref: str = ""  # what its cells record: the ref, or the pinned registry version
+    resolved: Optional[ResolvedReasoner] = None  # registry reasoners: what the reference resolved to
 
 
 @dataclass(frozen=True)
@@ -211,7 +229,8 @@ def _check_backbones(spec: GridSpec, problems: list[str]) -> dict[str, Optional[
 
 
 def _check_reasoners(spec: GridSpec, methods: list[Method], problems: list[str]) -> dict[str, _Reasoner]:
-    """The reasoner checkpoints (read only when a method of the grid needs one)."""
+    """The reasoner checkpoints (read only when a method of the grid needs one); registry references
+    are resolved here, against the grid's mlflow_uri, once per expansion."""
     if not any(m.needs_reasoner for m in methods):
         return {}
     from ..reasoner import ReasonerError, read_checkpoint_config  # imports torch (~3 s): only grids that need it
@@ -219,11 +238,25 @@ def _check_reasoners(spec: GridSpec, methods: list[Method], problems: list[str])
     out = {}
     for r in spec.reasoners:
         try:
-            meta = read_checkpoint_config(reasoner_dir(r))["reasoner"]
-            out[r] = _Reasoner(r, reasoner_digest(r), d=meta["d"], max_k=meta["max_points"] - 1)
-        except (ReasonerError, OSError) as e:
+            res = resolve(r, spec.mlflow_uri) if is_registry_uri(r) else None
+            folder = Path(res.folder) if res else reasoner_dir(r)
+            meta = read_checkpoint_config(folder)["reasoner"]
+            out[r] = _Reasoner(r, res.digest if res else weights_digest(folder), d=meta["d"],
+                               max_k=meta["max_points"] - 1, cell_ref=res.pinned if res else r, resolved=res)
+        except (ReasonerError, RegistryError, TrackingError, OSError) as e:
             problems.append(f"reasoner {r!r}: {e}")
     return out
+
+
+def _distinct(reasoners: dict[str, _Reasoner]) -> list[_Reasoner]:
+    """One reasoner per weights digest (two names for one checkpoint would give the same cells twice)."""
+    out: dict[str, _Reasoner] = {}
+    for r in reasoners.values():
+        if r.digest in out:
+            logger.info(f"[grid] reasoner {r.ref!r} has the weights of {out[r.digest].ref!r} ({r.digest}): "
+                        "its cells are that reasoner's")
+        out.setdefault(r.digest, r)
+    return list(out.values())
 
 
 def _check_context_sizes(spec: GridSpec, methods: list[Method], reasoners: dict[str, _Reasoner],
@@ -294,11 +327,24 @@ def _check_modalities(spec: GridSpec, datasets: list[_Dataset], kinds: dict[str,
 # ----------------------------------------------------------------------------- expansion
 
 
+@dataclass(frozen=True)
+class Expansion:
+    """A validated grid: its cells, and what each registry reference of `reasoners:` resolved to."""
+
+    cells: list[Cell]
+    registry: list[tuple[int, ResolvedReasoner]]  # (index in spec.reasoners, its resolution)
+
+
 def expand(spec: GridSpec) -> list[Cell]:
     """All cells of the grid, after validating it as a whole (GridError lists every problem).
 
     Order: dataset, backbone, k, seed, method, then protocol and reasoner (the order cells run in).
     """
+    return expand_grid(spec).cells
+
+
+def expand_grid(spec: GridSpec) -> Expansion:
+    """`expand`, plus the registry resolutions (a launch records them on its MLflow run)."""
     problems: list[str] = []
     methods = _check_methods(spec, problems)
     _check_protocols_and_ks(spec, problems)
@@ -310,6 +356,7 @@ def expand(spec: GridSpec) -> list[Cell]:
     if problems:
         raise GridError(f"grid {spec.name!r} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
 
+    distinct = _distinct(reasoners)
     cells = []
     for ds, backbone in product(datasets, spec.backbones):
         if not _fits(ds, kinds[backbone]):
@@ -319,8 +366,9 @@ def expand(spec: GridSpec) -> list[Cell]:
                 base = Cell(dataset=ds.name, dataset_options=json.dumps(ds.options, sort_keys=True), backbone=backbone,
                             protocol="", method=method.name, reasoner=NO_REASONER, reasoner_digest=NO_REASONER,
                             k=k, seed=seed, dtype=_dtype_of(spec, method))
-                cells += _method_cells(spec, base, method, kinds[backbone], reasoners)
-    return cells
+                cells += _method_cells(spec, base, method, kinds[backbone], distinct)
+    registry = [(spec.reasoners.index(r.ref), r.resolved) for r in reasoners.values() if r.resolved is not None]
+    return Expansion(cells, registry)
 
 
 def _dtype_of(spec: GridSpec, method: Method) -> str:
@@ -330,7 +378,7 @@ def _dtype_of(spec: GridSpec, method: Method) -> str:
 
 
 def _method_cells(spec: GridSpec, base: Cell, method: Method, kind: Optional[str],
-                  reasoners: dict[str, _Reasoner]) -> Iterator[Cell]:
+                  reasoners: list[_Reasoner]) -> Iterator[Cell]:
     """The cells of one (dataset, backbone, k, seed, method): one per protocol x reasoner."""
     if method.protocol is not None:  # a text method runs under its own protocol only
         yield dataclasses.replace(base, protocol=method.protocol)
@@ -339,7 +387,7 @@ def _method_cells(spec: GridSpec, base: Cell, method: Method, kind: Optional[str
         if protocol != "stream" and kind not in ("causal", None):
             continue  # vanilla / loo prompt the backbone: causal LMs only
         if method.needs_reasoner:
-            for r in spec.reasoners:
-                yield dataclasses.replace(base, protocol=protocol, reasoner=r, reasoner_digest=reasoners[r].digest)
+            for r in reasoners:
+                yield dataclasses.replace(base, protocol=protocol, reasoner=r.cell_ref, reasoner_digest=r.digest)
         else:
             yield dataclasses.replace(base, protocol=protocol)

@@ -33,7 +33,8 @@ One module per idea:
     loop.py        train_loop and LoopContext (what a launcher provides), lr schedule, synthetic accuracy
     local.py       train_local: the loop in this process, checkpoints in a local directory
     runs.py        a run in storage: paths, latest checkpoint (Ray Train Result), resume check, final/ export
-    mlflow_run.py  the MLflow run: params, curves from the checkpoint's history, artifact, registry
+    card.py        the model card of a trained reasoner (markdown from the config and final metrics)
+    mlflow_run.py  the MLflow run: params, curves from the checkpoint's history, artifact, MLflow Model, registry
     launch.py      train(cfg): TorchTrainer, its worker entry point, failure and checkpoint config
     cli.py         `tart train` / `python -m jobs.train`
 """

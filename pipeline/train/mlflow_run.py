@@ -2,8 +2,10 @@
 
 The driver is the only MLflow writer (sqlite locks under concurrent writers). After the
 fit it logs the full loss / synthetic_acc curves from the checkpoint's `metrics.jsonl`
-(so retried segments are not logged twice), the reasoner as the `reasoner` artifact, and,
-with `register_as`, a new registered model version with `register_alias`.
+(so retried segments are not logged twice), the reasoner twice: the raw checkpoint folder as
+the `reasoner` artifact and an MLflow Model (`pipeline.registry.log_reasoner`: pyfunc with a
+signature, the model card of `card`), and, with `register_as`, that model as a new registered
+version with alias `register_alias`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .. import tracking
+from .. import registry, tracking
+from .card import model_card
 from .config import TrainConfig
 from .runs import EXPORTED_FILES, read_checkpoint_file, run_path
 
@@ -51,8 +54,8 @@ def mlflow_run(cfg: TrainConfig, say: Callable[[str], None]) -> Iterator[tuple[s
 
 def log_outputs(run_id: str, cfg: TrainConfig, ckpt, history: list[dict], final_metrics: dict, final_dir: str,
                 say: Callable[[str], None]) -> tuple[int, Optional[str]]:
-    """Curves, the reasoner artifact, the registry version and the output tags; returns
-    (metric points logged, registered version or None)."""
+    """Curves, the reasoner (artifact and MLflow Model), the registry version and the output tags;
+    returns (metric points logged, registered version or None)."""
     import mlflow
 
     n_points = tracking.log_history(run_id, history, skip=("step", "time"))
@@ -62,15 +65,17 @@ def log_outputs(run_id: str, cfg: TrainConfig, ckpt, history: list[dict], final_
                 (Path(tmp) / name).write_bytes(read_checkpoint_file(ckpt, name))
             except FileNotFoundError:
                 pass
-        mlflow.log_artifacts(tmp, artifact_path="reasoner")
-    version = None
-    if cfg.register_as:
-        version = tracking.register_directory(
-            run_id, "reasoner", cfg.register_as, cfg.register_alias,
-            description="TART reasoner trained on synthetic logistic-regression episodes",
+        mlflow.log_artifacts(tmp, artifact_path="reasoner")  # the raw folder: load_reasoner(download) reads it
+        logged = registry.log_reasoner(
+            tmp, card=model_card(cfg, final_metrics, tmp, run_id), register_as=cfg.register_as,
+            alias=cfg.register_alias, description="TART reasoner trained on synthetic logistic-regression episodes",
             tags={"step": final_metrics.get("step"), "storage": run_path(cfg)},
         )
-        say(f"[mlflow] registered {cfg.register_as} version {version} (alias @{cfg.register_alias})")
+    version = logged.version
+    if version is not None:
+        again = " (these weights were registered before)" if logged.reused else ""
+        say(f"[mlflow] registered {cfg.register_as} version {version}{again} (alias @{cfg.register_alias}); "
+            f"weights {logged.digest}")
     mlflow.set_tags({"tart.checkpoint": ckpt.path, "tart.final_dir": final_dir,
-                     "tart.final_step": final_metrics.get("step")})
+                     "tart.final_step": final_metrics.get("step"), registry.DIGEST_TAG: logged.digest})
     return n_points, version
