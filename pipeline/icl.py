@@ -35,7 +35,8 @@ episode of one dataset with one causal backbone, loaded once.
 Length: every prompt (context + query + label tokens) is checked against the model's
 maximum context (config.max_position_embeddings, or `max_length` if smaller) BEFORE
 any forward pass; too long raises `ICLError` naming the length and the limit. Nothing
-is ever truncated.
+is truncated silently: a grid checks its prompts at validation (`pipeline.icl_budget`) and
+cuts examples only where it says so (`icl_max_chars`, recorded in its cells).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ import torch
 
 from .backbones import load_causal_lm
 from .datasets import context_sets, load_examples
-from .prompts import block, cache_argument, continuation_batch, packed_continuation
+from .icl_budget import config_max_length, context_prompt, query_prompt, truncate
+from .prompts import cache_argument, continuation_batch, packed_continuation
 
 SCORINGS = ("sum", "first")
 
@@ -60,17 +62,8 @@ class ICLError(ValueError):
     """Bad ICL input or a prompt that does not fit the model; the message says which."""
 
 
-def context_prompt(texts: Sequence[str], labels: Sequence[int], label_words: Sequence[str]) -> str:
-    """The shared prefix: one 'Sentence: ...\\nLabel: <word>\\n' block per context example."""
-    return "".join(block(t, label_words[int(y)]) for t, y in zip(texts, labels))
-
-
-def query_prompt(text: str) -> str:
-    return block(text)
-
-
 def model_max_length(model: Any, tokenizer: Any = None) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(model.config, "n_positions", None)]
+    limits = [config_max_length(model.config)]
     if tokenizer is not None:
         limits.append(getattr(tokenizer, "model_max_length", None))
     limits = [int(x) for x in limits if x and x < 1_000_000]
@@ -175,7 +168,7 @@ class ICLScorer:
             raise ICLError(
                 f"ICL prompt is {total} tokens (context {len(prefix)} for k={len(ctx)} + longest query "
                 f"{worst} [query {i}] + {extra} label tokens) but the model's limit is {self.max_length}; "
-                f"use a smaller k or shorter texts (prompts are never truncated)"
+                f"use a smaller k or shorter texts (a grid: icl_max_chars or method_ks; nothing is cut silently)"
             )
         return _Prepared(prefix=prefix, queries=queries, words=self.word_ids)
 
@@ -327,12 +320,15 @@ class ICLScorer:
 
 
 def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes: Sequence[tuple[int, int]],
-                batch_size: int = 8, skip: Optional[Callable[[int], bool]] = None) -> Iterator[Optional[dict]]:
+                batch_size: int = 8, skip: Optional[Callable[[int], bool]] = None,
+                max_chars: Optional[int] = None) -> Iterator[Optional[dict]]:
     """ICL on the (k, seed) `episodes` of one dataset with one causal backbone, loaded once.
 
     Yields per episode, in order, {probs, runtime_s, labels, ids} (the test split's), or None
     for episode i where `skip(i)` (finished by a concurrent run). The context set of (k, seed)
     is drawn from the train pool exactly as the embedding methods' (`context_sets`).
+    `max_chars`: every example cut to that many characters first (`icl_budget.truncate`; the grid's
+    icl_max_chars, recorded in the cells).
     """
     pool = load_examples(dataset, "train", **options)
     test = load_examples(dataset, "test", **options)
@@ -346,6 +342,7 @@ def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes
             continue
         t0 = time.time()
         ctx = context_sets(pool.labels, [k], seed)[k]
-        p = scorer.predict_proba([pool.texts[j] for j in ctx], pool.labels[ctx], test.texts)
+        p = scorer.predict_proba(truncate([pool.texts[j] for j in ctx], max_chars), pool.labels[ctx],
+                                 truncate(test.texts, max_chars))
         yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
                "labels": test.labels, "ids": test.ids}

@@ -373,3 +373,24 @@ def test_examples_subset_keeps_alignment():
     sub = ex.subset([2, 0])
     assert isinstance(sub, Examples) and sub.ids == [ex.ids[2], ex.ids[0]]
     assert (sub.images[0] == ex.images[2]).all() and sub.labels.tolist() == [ex.labels[2], ex.labels[0]]
+
+
+def test_a_source_is_read_once_per_process_and_again_when_its_file_changes(tmp_path):
+    """A grid loads a dataset's splits several times (validation, each embedding group, ICL): the
+    source is parsed once (`load._RAW_MEMO`), and a file that changed on disk is read again."""
+    import os
+
+    from pipeline.datasets import load as load_mod
+
+    path = _write(tmp_path, "news.csv", _news_rows())
+    opts = dict(text_field="body", label_field="topic", positive_class="science")
+    first = load_examples(path, "train", **opts)
+    memo = dict(load_mod._RAW_MEMO)
+    again = load_examples(path, "test", **opts), load_examples(path, "train", train_size=10, **opts)
+    assert dict(load_mod._RAW_MEMO).keys() == memo.keys()  # no new read: other splits and sizes share it
+    assert again[1].ids == load_examples(path, "train", train_size=10, **opts).ids
+    rows = _news_rows(120)
+    _write(tmp_path, "news.csv", rows)
+    os.utime(path, ns=(1, 10**18))  # a changed file (its mtime), even within the clock's resolution
+    bigger = load_examples(path, "train", **opts)
+    assert len(bigger) + len(load_examples(path, "test", **opts)) == 120 > len(first)

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -81,11 +82,13 @@ def test_cell_ids_are_content_addressed(tmp_path, monkeypatch):
         assert Cell(**{**c.__dict__, field: value}).cell_id != c.cell_id
     assert expand(_spec(tmp_path))[0].cell_id == c.cell_id  # stable across expansions
     # dtype: "auto" meaning float32 leaves the id as it was before the option; other dtypes are part of it
-    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("reasoner", "dtype")}
+    old = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("reasoner", "dtype", "prompt_max_chars")}
     assert c.dtype == "auto" and c.cell_id == hashlib.sha256(
         json.dumps({**old, "code_version": CODE_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
     bf = expand(_spec(tmp_path, dtype="bfloat16"))[0]
     assert bf.dtype == "bfloat16" and bf.cell_id != c.cell_id
+    # prompt_max_chars likewise: None (uncut) leaves the id as before, a cut is part of it
+    assert c.prompt_max_chars is None and Cell(**{**c.__dict__, "prompt_max_chars": 80}).cell_id != c.cell_id
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
@@ -133,6 +136,42 @@ def test_icl_cell_scores_every_query_and_beats_chance(tmp_path):
     row = read_results(spec).iloc[0]
     assert row["method"] == "icl" and len(row["probs"]) == 20 and row["runtime_s"] > 0
     assert row["accuracy"] >= 0.7, row["accuracy"]  # SmolLM2 at k=32 on sms: 0.97 +- 0.03 over 3 seeds of 100
+
+    # icl_max_chars: a new cell (its id records the cut), scored on the cut texts
+    cut = _spec(tmp_path, methods="[icl]", backbones="[smollm2-135m]", ks="[32]", test_size=20, icl_max_chars=20)
+    (cell,) = expand(cut)
+    assert cell.prompt_max_chars == 20 and cell.cell_id != row["cell_id"]
+    s2 = run_grid(cut)
+    assert s2["cells_run"] == 1 and s2["cells_skipped"] == 0 and s2["cells_failed"] == 0
+    short = read_results(cut).set_index("cell_id").loc[cell.cell_id]
+    assert not np.allclose(short["probs"], row["probs"])  # 20 characters of each SMS is another prompt
+
+
+def test_icl_prompts_that_do_not_fit_are_problems_before_work_with_two_ways_out(tmp_path):
+    over = dict(methods="[icl,lr_probe]", backbones="[smollm2-135m]", ks="[32,256]", train_size=512, test_size=20)
+    with pytest.raises(GridError) as e:
+        expand(_spec(tmp_path, **over))
+    msg = str(e.value)
+    assert "1 problem(s)" in msg and "icl on sms_spam x smollm2-135m at k=256" in msg, msg
+    assert re.search(r"up to \d{5} tokens \(context \d+ \+ longest query \d+ \+ 0 label tokens\), "
+                     r"the model's limit is 8192", msg), msg
+    assert "icl_max_chars=N" in msg and "method_ks" in msg
+    assert not (tmp_path / "grids").exists()  # nothing written
+
+    # way out 1: icl at fewer ks than the other methods; the lr_probe cells are the same cells as without it
+    fewer = expand(_spec(tmp_path, **over, **{"method_ks.icl": "[32]"}))
+    assert {(c.method, c.k) for c in fewer} == {("icl", 32), ("lr_probe", 32), ("lr_probe", 256)}
+    plain = {c.cell_id for c in expand(_spec(tmp_path, **{**over, "methods": "[lr_probe]"}))}
+    assert {c.cell_id for c in fewer if c.method == "lr_probe"} == plain
+    # way out 2: every example cut to N characters, recorded in the icl cells (other ids unchanged)
+    cut = expand(_spec(tmp_path, **over, icl_max_chars=60))
+    assert {c.prompt_max_chars for c in cut if c.method == "icl"} == {60}
+    assert {c.cell_id for c in cut if c.method == "lr_probe"} == plain
+    # the cut is checked too: 60 characters still fits, 400 does not
+    with pytest.raises(GridError, match="examples cut to 400 characters"):
+        expand(_spec(tmp_path, **over, icl_max_chars=400))
+    with pytest.raises(GridError, match="method_ks names 'tart', which is not a method of the grid"):
+        expand(_spec(tmp_path, **over, **{"method_ks.tart": "[32]"}))
 
 
 def test_icl_cells_only_for_causal_backbones(tmp_path):

@@ -116,6 +116,24 @@ def test_prompt_over_limit_errors_before_forward(lm, sms):
         tight.predict_proba(pool.texts[:4], [0, 1, 0, 1], test.texts[:1])
 
 
+def test_validation_counts_the_tokens_the_scorer_checks(lm, sms):
+    """icl_budget.prompt_length (the grid's validation, no weights) == the length ICLScorer.prepare checks."""
+    from pipeline.icl_budget import load_tokenizer_and_limit, prompt_length, truncate
+
+    tok, model = lm
+    pool, test, idx = sms
+    v_tok, limit = load_tokenizer_and_limit("smollm2-135m")
+    sc = ICLScorer(tok, model, label_words=("not spam", "spam"))  # two-token word: label_extra 1
+    assert limit == sc.max_length == 8192
+    for k, cut in ((4, None), (18, None), (18, 30)):
+        ct = truncate([pool.texts[i] for i in idx[k]], cut)
+        q = truncate(test.texts, cut)
+        prep = sc.prepare(ct, pool.labels[idx[k]], q)
+        n = prompt_length(v_tok, ct, pool.labels[idx[k]], ("not spam", "spam"), q)
+        assert (n.context, n.query, n.label_extra) == (len(prep.prefix), max(map(len, prep.queries)), 1)
+        assert n.total == len(prep.prefix) + max(map(len, prep.queries)) + 1
+
+
 def test_bad_label_words_and_inputs(lm):
     tok, model = lm
     with pytest.raises(ICLError, match="exactly 2"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -175,6 +177,38 @@ def _balanced_subsample(ex: Examples, size: int, seed: int, where: str, option: 
     return np.sort(np.concatenate(chosen))  # keep source order: stable and readable
 
 
+_RAW_MEMO: "OrderedDict[str, Raw]" = OrderedDict()
+RAW_MEMO_SIZE = 8  # sources kept read in this process (a grid validates, embeds and prompts one dataset)
+_NOT_READ_FIELDS = ("test_size", "train_size")  # subsampling happens after the read
+
+
+def _read_raw(spec: DatasetSpec) -> Raw:
+    """The spec's source, read once per process: a grid loads a dataset's splits for validation,
+    for each embedding group and for ICL, and an HF or file source would be parsed each time.
+    A file source is read again when its size or mtime changes. Callers do not mutate `Raw`."""
+    key_fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_READ_FIELDS}
+    key_fields["cache_dir"] = os.environ.get("TART_CACHE")  # built-ins synthesise into / read from it
+    if spec.source == "file":
+        for f in (spec.name, spec.test_split):
+            if f and os.path.isfile(f):
+                st = os.stat(f)
+                key_fields[f"stat:{f}"] = (st.st_size, st.st_mtime_ns)
+    key = json.dumps(key_fields, sort_keys=True, default=str)
+    if key in _RAW_MEMO:
+        _RAW_MEMO.move_to_end(key)
+        return _RAW_MEMO[key]
+    if spec.source == "builtin":
+        raw = BUILTINS[spec.name].reader(spec)
+    elif spec.source == "file":
+        raw = read_file(spec)
+    else:
+        raw = read_hf(spec)
+    _RAW_MEMO[key] = raw
+    while len(_RAW_MEMO) > RAW_MEMO_SIZE:
+        _RAW_MEMO.popitem(last=False)
+    return raw
+
+
 def load_examples(name: str | DatasetSpec, split: str = "test", **opts: Any) -> Examples:
     """Load one split ("train" = context pool, "test", or "all") of a binary task.
 
@@ -184,12 +218,7 @@ def load_examples(name: str | DatasetSpec, split: str = "test", **opts: Any) -> 
     if split not in SPLITS:
         raise DatasetError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     spec = load_dataset_spec(name, **opts)
-    if spec.source == "builtin":
-        raw = BUILTINS[spec.name].reader(spec)
-    elif spec.source == "file":
-        raw = read_file(spec)
-    else:
-        raw = read_hf(spec)
+    raw = _read_raw(spec)
     pool = _to_examples(raw, spec, "train", spec.name)
     meta = {"source": spec.source, "spec": dataclasses.asdict(spec), "spec_digest": spec.digest(), **raw.meta}
     if raw.test is not None:

@@ -104,5 +104,6 @@ def run_text_cells(cells: list[Cell], batch_size: int,
     (which loads the backbone once for all of them)."""
     c0 = cells[0]
     runner = get_method(c0.method).load_runner()
+    extra = {"max_chars": c0.prompt_max_chars} if c0.prompt_max_chars is not None else {}
     yield from runner(c0.dataset, c0.options, c0.backbone, c0.backbone_dtype, [(c.k, c.seed) for c in cells],
-                      batch_size, skip=(lambda i: skip(cells[i])) if skip is not None else None)
+                      batch_size, skip=(lambda i: skip(cells[i])) if skip is not None else None, **extra)

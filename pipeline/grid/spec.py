@@ -60,6 +60,8 @@ class GridSpec:
     # "default", checkpoint dirs, or registry references models:/NAME@ALIAS | models:/NAME/VERSION
     reasoners: list[str] = field(default_factory=lambda: ["default"])
     ks: list[int] = field(default_factory=lambda: [18, 32, 64])
+    # other ks for some methods, e.g. {icl: [18, 32]} (an LM's context holds only so many examples)
+    method_ks: dict[str, list[int]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     protocols: list[str] = field(default_factory=lambda: ["stream"])
     test_size: int = 100  # balanced test subsample per dataset
@@ -84,6 +86,9 @@ class GridSpec:
     # queries per ICL forward pass. 8 suits a CPU; on a GPU 32 is 3x faster (H200, SmolLM2-sized
     # model, k=32/64: BENCHMARKS.md "ICL on a GPU"), as configs/grids/paper.yaml sets it.
     icl_batch_size: int = 8
+    # icl: cut every example (context and query) to its first N characters, so that large-k prompts
+    # fit the LM's context (validation reports those that do not); recorded in the icl cells' ids
+    icl_max_chars: Optional[int] = None
     # weights/activations of the backbones (embedding and icl): auto = bfloat16 on GPU and on CPUs with
     # native bf16 (AVX512-BF16/AMX: 1.8-2.8x faster there, accuracy within 0.003; BENCHMARKS.md), else
     # float32. The driver resolves it (GPU if gpus_per_actor / gpus_per_icl_task > 0) into each cell.
@@ -104,6 +109,11 @@ class GridSpec:
                               "expected > 0 (Ray schedules a task by the CPUs it asks for)")
         if self.gpus_per_actor < 0 or self.gpus_per_icl_task < 0:
             raise ConfigError("gpus_per_actor and gpus_per_icl_task must be >= 0")
+        if self.icl_max_chars is not None and self.icl_max_chars < 1:
+            raise ConfigError(f"icl_max_chars={self.icl_max_chars}: expected >= 1 or null")
+        for m, ks in self.method_ks.items():
+            if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+                raise ConfigError(f"method_ks.{m}={ks!r}: expected a non-empty list of integers")
         if self.embed_torch_threads is not None and self.embed_torch_threads < 1:
             raise ConfigError(f"embed_torch_threads={self.embed_torch_threads}: expected >= 1 or null")
 
@@ -123,6 +133,8 @@ class Cell:
     seed: int
     # the backbone dtype, resolved by the driver; "auto" = float32 (how ids read before bf16 was auto)
     dtype: str = "auto"
+    # icl: every example cut to this many characters (the grid's icl_max_chars); None: as they are
+    prompt_max_chars: Optional[int] = None
 
     @property
     def backbone_dtype(self) -> str:
@@ -135,6 +147,8 @@ class Cell:
         key.pop("reasoner")  # the path does not decide the result; the weights digest does
         if key["dtype"] == "auto":  # float32 as ids were before the option: those results stay valid
             key.pop("dtype")
+        if key["prompt_max_chars"] is None:  # uncut, as ids were before the option
+            key.pop("prompt_max_chars")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
     @property
@@ -208,13 +222,29 @@ def _check_methods(spec: GridSpec, problems: list[str]) -> list[Method]:
     return methods
 
 
+def ks_of(spec: GridSpec, method: str) -> list[int]:
+    """The ks a method runs at: its `method_ks` entry, else the grid's ks."""
+    return list(spec.method_ks.get(method, spec.ks))
+
+
+def all_ks(spec: GridSpec) -> list[int]:
+    """Every k of the grid, in order: the grid's ks, then any only `method_ks` lists."""
+    out = list(spec.ks)
+    for ks in spec.method_ks.values():
+        out += [k for k in ks if k not in out]
+    return out
+
+
 def _check_protocols_and_ks(spec: GridSpec, problems: list[str]) -> None:
     for p in spec.protocols:
         if p not in PROTOCOLS:
             problems.append(f"protocol {p!r} is unknown; known: {', '.join(PROTOCOLS)}")
-    for k in spec.ks:
+    for k in all_ks(spec):
         if k % 2:
             problems.append(f"k={k}: context sets are class-balanced, so k must be even")
+    for m in spec.method_ks:
+        if m not in spec.methods:
+            problems.append(f"method_ks names {m!r}, which is not a method of the grid ({', '.join(spec.methods)})")
 
 
 def _check_backbones(spec: GridSpec, problems: list[str]) -> dict[str, Optional[str]]:
@@ -266,7 +296,7 @@ def _check_context_sizes(spec: GridSpec, methods: list[Method], reasoners: dict[
     for m in methods:
         limits = [dict(reasoner_d=r.d, reasoner_max_k=r.max_k, reasoner=f"reasoner {r.ref!r}")
                   for r in reasoners.values()] if m.needs_reasoner else [{}]
-        for lim, k in product(limits, spec.ks):
+        for lim, k in product(limits, ks_of(spec, m.name)):
             found += [p for p in m.context_problems(k, **lim) if p not in found]  # reasoners of one d: once
     problems += found
 
@@ -294,7 +324,7 @@ def _check_datasets(spec: GridSpec, problems: list[str]) -> list[_Dataset]:
         problems.append(str(e))
         return []
     out = []
-    need = max(spec.ks) // 2
+    need = max(all_ks(spec)) // 2
     for name, opts in entries:
         modality = None
         try:
@@ -302,7 +332,7 @@ def _check_datasets(spec: GridSpec, problems: list[str]) -> list[_Dataset]:
             modality = pool.modality
             counts = pool.class_counts()
             if min(counts.values()) < need:
-                problems.append(f"dataset {name!r}: k={max(spec.ks)} needs {need} context examples per class, "
+                problems.append(f"dataset {name!r}: k={max(all_ks(spec))} needs {need} context examples per class, "
                                 f"the pool has {counts}")
         except (DatasetError, ValueError, OSError) as e:
             problems.append(f"dataset {name!r}: {e}")
@@ -322,6 +352,21 @@ def _check_modalities(spec: GridSpec, datasets: list[_Dataset], kinds: dict[str,
         if ds.modality is not None and not any(_fits(ds, kinds[b]) for b in spec.backbones):
             problems.append(f"dataset {ds.name!r} is {ds.modality}, but no backbone of the grid embeds {ds.modality} "
                             f"(backbones: {', '.join(f'{b} ({kinds[b]})' for b in spec.backbones)})")
+
+
+def _check_prompt_lengths(spec: GridSpec, methods: list[Method], datasets: list[_Dataset],
+                          kinds: dict[str, Optional[str]], problems: list[str]) -> None:
+    """Every icl prompt of the grid against its LM's context limit (`pipeline.icl_budget`): a prompt
+    that does not fit is a deterministic failure, so it is reported now, not after the embeddings."""
+    from ..icl_budget import grid_prompt_problems
+
+    for m in methods:
+        if m.runs_on == EMBEDDINGS or not m.needs_causal:
+            continue
+        for ds, backbone in product(datasets, spec.backbones):
+            if ds.modality == "text" and kinds[backbone] in ("causal", None) and m.accepts(kinds[backbone], ds.modality):
+                problems += grid_prompt_problems(ds.name, ds.options, backbone, ks_of(spec, m.name), spec.seeds,
+                                                 spec.icl_max_chars)
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -353,6 +398,8 @@ def expand_grid(spec: GridSpec) -> Expansion:
     _check_context_sizes(spec, methods, reasoners, problems)
     datasets = _check_datasets(spec, problems)
     _check_modalities(spec, datasets, kinds, problems)
+    if not problems:  # tokenises prompts: only a grid whose datasets and backbones are fine
+        _check_prompt_lengths(spec, methods, datasets, kinds, problems)
     if problems:
         raise GridError(f"grid {spec.name!r} is invalid ({len(problems)} problem(s)):\n  - " + "\n  - ".join(problems))
 
@@ -361,11 +408,12 @@ def expand_grid(spec: GridSpec) -> Expansion:
     for ds, backbone in product(datasets, spec.backbones):
         if not _fits(ds, kinds[backbone]):
             continue
-        for k, seed, method in product(spec.ks, spec.seeds, methods):
-            if method.accepts(kinds[backbone], ds.modality):
+        for k, seed, method in product(all_ks(spec), spec.seeds, methods):
+            if k in ks_of(spec, method.name) and method.accepts(kinds[backbone], ds.modality):
                 base = Cell(dataset=ds.name, dataset_options=json.dumps(ds.options, sort_keys=True), backbone=backbone,
                             protocol="", method=method.name, reasoner=NO_REASONER, reasoner_digest=NO_REASONER,
-                            k=k, seed=seed, dtype=_dtype_of(spec, method))
+                            k=k, seed=seed, dtype=_dtype_of(spec, method),
+                            prompt_max_chars=spec.icl_max_chars if method.runs_on != EMBEDDINGS else None)
                 cells += _method_cells(spec, base, method, kinds[backbone], distinct)
     registry = [(spec.reasoners.index(r.ref), r.resolved) for r in reasoners.values() if r.resolved is not None]
     return Expansion(cells, registry)
