@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from .compare import compare_from_table
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .generate import GenerateConfig, generate
-from .grid import GridSpec, read_results, run_grid
+from .grid import GridError, GridSpec, expand, read_results, run_grid
+from .grid.cli import failure_line
 from .runtime import init_ray
 from .storage import join
 from .train import TrainConfig, train
@@ -62,9 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.skip_train:
             train_cfg = load_config(TrainConfig, cfg.train_config,
                                     [f"data={gen_cfg.output}", f"storage={join(root, 'train')}"])
-    except ConfigError as e:
+        # the grid is checked first: a bad dataset id or an icl prompt that cannot fit must not surface
+        # after hours of generating and training (the trained reasoner joins it afterwards)
+        n_cells = len(expand(grid))
+    except (ConfigError, GridError) as e:
         print(f"tart pipeline: error: {e}", file=sys.stderr)
         return 2
+    print(f"[pipeline] grid {grid.name}: {n_cells} valid cells (+ those of the trained reasoner)", flush=True)
     init_ray(a.address, a.num_cpus)  # one Ray for the three stages (each is a no-op start after this)
     # wall time per stage (the grid's own split: embed / cells / MLflow), printed at the end
     times: dict[str, float] = {}
@@ -89,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     times["compare_s"] = time.time() - t
     print(f"[pipeline] stage times: {json.dumps({k: round(v, 1) for k, v in times.items()})}", flush=True)
     if summary["cells_failed"]:
-        print(f"tart pipeline: {summary['cells_failed']} grid cell(s) failed (their errors are above); re-run to "
-              "retry them, everything finished is kept", file=sys.stderr)
+        print(f"tart pipeline: {failure_line(summary)}", file=sys.stderr)
         return 1
     return 0
 

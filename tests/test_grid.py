@@ -241,8 +241,21 @@ def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_p
     assert main(over) == 1
     out, err = capsys.readouterr()
     assert "tart grid: 1 of 2 cell(s) failed" in err and "Traceback" not in out + err
+    assert "re-run to retry them" in err  # a RuntimeError may pass on a re-run
     assert "| sms_spam | minilm-l6 | lr_probe | 18 |" in out  # the comparison of what finished
     assert list(read_results(load_config(GridSpec, None, over))["method"]) == ["lr_probe"]
+
+    # an error in the cell's input (a ValueError such as ICLError or DatasetError) is not "retry"
+    def lr_full_refuses(name, *args, **kw):
+        if name == "lr_full":
+            raise ValueError("injected: this input cannot be scored")
+        return run_method(name, *args, **kw)
+
+    monkeypatch.setattr(cells, "run_method", lr_full_refuses)
+    assert main(over) == 1
+    err = capsys.readouterr().err
+    assert "1 of 1 cell(s) failed" in err and "a re-run fails the same way): change the grid" in err, err
+    assert "retry" not in err
 
 
 def test_metrics_are_correct():

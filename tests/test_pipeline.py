@@ -99,3 +99,12 @@ def test_pipeline_hands_over_stages_and_resubmission_redoes_nothing(ray_local, c
     assert "3 cells, 3 already in the results table, 0 to run" in pipeline_log.text, pipeline_log.text[-3000:]
     assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
     assert len(read_results(spec)) == 3
+
+
+def test_an_invalid_grid_stops_the_pipeline_before_it_generates_or_trains(tmp_path, capsys):
+    grid = _write(tmp_path / "grid.yaml", {"datasets": ["sms_spam", "nodata"], "backbones": ["minilm-l6"],
+                                          "methods": ["tart", "lr_probe"], "ks": [18], "seeds": [0]})
+    assert main([f"storage={tmp_path}/run", f"grid_config={grid}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown dataset 'nodata'" in err
+    assert not (tmp_path / "run").exists()  # no episodes, no checkpoints: nothing was started

@@ -74,6 +74,18 @@ def _log_under_storage(spec: GridSpec, verbose: bool) -> None:
         console.setup(verbose=verbose, log_file=Path(spec.storage) / spec.name / "logs" / name)
 
 
+def failure_line(summary: dict) -> str:
+    """One line on the failed cells: a re-run retries the transient ones; the others need a changed grid."""
+    failed, fixed = summary["cells_failed"], summary.get("cells_failed_deterministic", 0)
+    head = f"{failed} of {summary['cells_total'] - summary['cells_skipped']} cell(s) failed (their errors are above); "
+    if fixed == failed:
+        return head + "the errors are in their input (a re-run fails the same way): change the grid; finished cells are kept"
+    if fixed:
+        return head + (f"{fixed} of them on their input (change the grid for those), the others may pass on a "
+                       f"re-run; finished cells are kept")
+    return head + "re-run to retry them, finished cells are kept"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -98,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     if console.log_file_note():
         print(console.log_file_note())
     if summary["cells_failed"]:
-        print(f"tart grid: {summary['cells_failed']} of {summary['cells_total'] - summary['cells_skipped']} cell(s) "
-              f"failed (their errors are above); re-run to retry them, finished cells are kept", file=sys.stderr)
+        print(f"tart grid: {failure_line(summary)}", file=sys.stderr)
         return 1
     return 3 if summary.get("mlflow_unlogged") else 0

@@ -31,6 +31,13 @@ from .spec import Cell, Expansion, GridSpec, expand_grid
 logger = logging.getLogger(__name__)
 
 
+def is_deterministic(error: BaseException) -> bool:
+    """A failure a re-run repeats: the project's input errors are ValueErrors (ICLError, DatasetError,
+    BackboneError, ...; a Ray task's error is an instance of its cause's class too). Lost workers,
+    timeouts and OSErrors may pass on a re-run."""
+    return isinstance(error, ValueError)
+
+
 class _Recorder:
     """Where every cell outcome lands: the results table, MLflow, the progress display, the timings."""
 
@@ -39,6 +46,7 @@ class _Recorder:
         self.progress = console.Progress("cells", total, "cells")
         self.timings = {"embed_s": 0.0, "cells_s": 0.0, "mlflow_s": 0.0}
         self.forward_passes = 0
+        self.deterministic = 0  # failed cells whose error a re-run repeats (bad input, not a lost node)
 
     def take(self, outcomes) -> None:
         for out in outcomes:
@@ -50,6 +58,7 @@ class _Recorder:
             if self.view is not None:
                 self.view.skip_cell(c)  # its series is logged without it
             if out.error is not None:
+                self.deterministic += is_deterministic(out.error)
                 self.progress.fail(note=f"cell {c.cell_id} ({c.method} k={c.k} seed={c.seed}) failed: {out.error}")
             else:
                 self.progress.advance(note=f"{c.method} k={c.k} seed={c.seed}: finished by a concurrent run")
@@ -188,6 +197,7 @@ def _finish(spec: GridSpec, cells: list[Cell], todo: list[Cell], view: Optional[
     table_uri = write_results_table(spec)
     failed = rec.progress.failed
     summary = {"cells_total": len(cells), "cells_run": rec.progress.done, "cells_failed": failed,
+               "cells_failed_deterministic": rec.deterministic,
                "cells_skipped": len(cells) - len(todo), "forward_passes": rec.forward_passes,
                "mlflow_unlogged": view.unlogged if view is not None else len(todo),
                "mlflow_runs": view.runs_logged if view is not None else 0,
