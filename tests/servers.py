@@ -82,3 +82,63 @@ class MlflowServer:
             except ProcessLookupError:
                 pass
         self.proc = None
+
+
+class HubServer:
+    """A local HTTP server shaped like the Hugging Face hub's file endpoint, for the validation
+    that fetches hub backbones' configs (the real hub is unreachable from these machines).
+
+    `HubServer({"owner/name": {...config...}})` serves `/<repo>/resolve/<rev>/config.json` of
+    those repos (HEAD and GET, with the commit and ETag headers huggingface_hub reads) and
+    answers any other repo the way the hub answers an unknown one (404, X-Error-Code:
+    RepoNotFound). Point a process at it with HF_ENDPOINT=server.url, HF_HUB_OFFLINE=0.
+    """
+
+    def __init__(self, repos: dict[str, dict]):
+        import http.server
+        import json
+        import threading
+
+        bodies = {repo: json.dumps(cfg).encode() for repo, cfg in repos.items()}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, with_body: bool) -> None:
+                parts = self.path.split("?")[0].strip("/").split("/")
+                repo = "/".join(parts[:2])
+                if len(parts) >= 5 and parts[2] == "resolve" and repo in bodies and parts[-1] == "config.json":
+                    body = bodies[repo]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("ETag", f'"{abs(hash(body)):x}"')
+                    self.send_header("X-Repo-Commit", "0" * 40)
+                    self.end_headers()
+                    if with_body:
+                        self.wfile.write(body)
+                    return
+                msg = b'{"error": "Repository Not Found"}'
+                self.send_response(404)
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("X-Error-Message", "Repository not found")
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(msg)
+
+            def do_HEAD(self):  # noqa: N802 - http.server's names
+                self._answer(False)
+
+            def do_GET(self):  # noqa: N802
+                self._answer(True)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

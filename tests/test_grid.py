@@ -352,3 +352,40 @@ def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path, sms_cache):
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["count"]) == {2}  # two seeds per (method, k)
     assert compare_main([f"mlflow_uri={spec.mlflow_uri}", "grids=[nosuchgrid]", f"out={out}"]) == 2
+
+
+def test_dry_run_asks_the_hub_for_each_hub_backbone_and_reports_a_bad_id_with_the_others(tmp_path):
+    """`tart grid --dry-run` fetches each HF id's config.json (here from a local server shaped like the
+    hub: the real one is unreachable from this machine); a mistyped id is a problem listed with the
+    grid's others, a known one gets its kind (a causal LM gets icl cells). Offline: not checked."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from servers import HubServer
+
+    hub = HubServer({"someorg/tiny-causal": {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                             "max_position_embeddings": 2048}})
+    tart = str(Path(sys.executable).parent / "tart")
+    base = ["--dry-run", "datasets=[sms_spam]", "methods=[lr_probe,nosuch]", "ks=[18]", "seeds=[0]",
+            f"storage={tmp_path}/grids", f"mlflow_uri=sqlite:///{tmp_path}/mlflow.db"]
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    try:
+        r = subprocess.run([tart, "grid", *base, "backbones=[minilm-l6,someorg/tiny-causal,someorg/mistyped-id]"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "2 problem(s)" in r.stderr and "method 'nosuch' is unknown" in r.stderr
+        assert "backbone 'someorg/mistyped-id': the hub has no model with that id" in r.stderr
+        assert "tiny-causal" not in r.stderr  # the id the hub knows is fine
+        ok = subprocess.run([tart, "grid", *base[:2], "methods=[lr_probe]", *base[3:],
+                             "backbones=[minilm-l6,someorg/tiny-causal]"], capture_output=True, text=True, env=env,
+                            timeout=300)
+        assert ok.returncode == 0 and "2 valid cells" in ok.stdout, ok.stdout + ok.stderr
+    finally:
+        hub.stop()
+    # offline (HF_HUB_OFFLINE=1, as on this box): hub ids cannot be checked and are not refused
+    off = subprocess.run([tart, "grid", *base[:2], "methods=[lr_probe]", *base[3:],
+                          "backbones=[minilm-l6,someorg/mistyped-id]"], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert off.returncode == 0 and "2 valid cells" in off.stdout, off.stdout + off.stderr

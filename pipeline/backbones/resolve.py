@@ -77,6 +77,49 @@ def raw_config(res: Resolved) -> tuple[dict, str]:
     return json.loads(cfg_path.read_text()), revision
 
 
+@dataclass(frozen=True)
+class HubProbe:
+    """What the hub says of a model id: its kind, or a problem; `checked` False: offline / unreachable."""
+
+    checked: bool
+    kind: str | None = None
+    problem: str | None = None
+
+
+def probe_hub(name: str, timeout_s: float = 10.0) -> HubProbe:
+    """Fetch an HF id's config.json (a few KB) to tell a mistyped id before any work.
+
+    Registry names and local folders are not hub ids (checked=True, nothing to say). With
+    HF_HUB_OFFLINE=1, or when the hub cannot be reached, nothing is decided (checked=False):
+    a cluster node may still reach it, or have it cached.
+    """
+    if name in REGISTRY or Path(name).expanduser().exists() or not _looks_like_hf_id(name):
+        return HubProbe(True)
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    if constants.HF_HUB_OFFLINE:
+        return HubProbe(False)
+    try:
+        path = hf_hub_download(name, "config.json", etag_timeout=timeout_s)
+    except GatedRepoError:
+        return HubProbe(True, problem=f"backbone {name!r}: the hub model is gated (accept its terms and set HF_TOKEN)")
+    except RepositoryNotFoundError:
+        return HubProbe(True, problem=f"backbone {name!r}: the hub has no model with that id (or it is private)")
+    except RevisionNotFoundError as e:
+        return HubProbe(True, problem=f"backbone {name!r}: {e}")
+    except EntryNotFoundError:
+        return HubProbe(True, problem=f"backbone {name!r}: the hub repository has no config.json; not an HF model")
+    except Exception:  # noqa: BLE001 - unreachable, timed out, proxy: undecided, not wrong
+        return HubProbe(False)
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return HubProbe(True, problem=f"backbone {name!r}: its config.json does not parse ({e})")
+    return HubProbe(True, kind=infer_kind(cfg))
+
+
 def check_safetensors(res: Resolved) -> None:
     if not res.local:
         return  # use_safetensors=True makes from_pretrained refuse pickle weights on the hub

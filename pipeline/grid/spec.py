@@ -248,13 +248,24 @@ def _check_protocols_and_ks(spec: GridSpec, problems: list[str]) -> None:
 
 
 def _check_backbones(spec: GridSpec, problems: list[str]) -> dict[str, Optional[str]]:
-    """Each backbone's kind (None: an HF id / local folder, whose kind is not known here)."""
+    """Each backbone's kind (None: an HF id / local folder whose kind is not known here). An HF id's
+    config.json is fetched when the hub is reachable: a mistyped id is a problem now, not at embed time."""
+    from ..backbones.resolve import probe_hub
+
     kinds = {}
     for b in spec.backbones:
-        if b not in known_backbones() and not ("/" in b or os.path.isdir(b)):
-            problems.append(f"backbone {b!r} is unknown; known: {', '.join(known_backbones())} (or an HF id / local folder)")
         entry = BACKBONES.get(b)
         kinds[b] = entry.kind if entry is not None else None
+        if b not in known_backbones() and not ("/" in b or os.path.isdir(b)):
+            problems.append(f"backbone {b!r} is unknown; known: {', '.join(known_backbones())} (or an HF id / local folder)")
+            continue
+        if entry is None and not os.path.isdir(b):
+            probe = probe_hub(b)
+            if probe.problem:
+                problems.append(probe.problem)
+            elif not probe.checked:
+                logger.info(f"[grid] backbone {b!r}: not checked against the hub (offline or unreachable)")
+            kinds[b] = probe.kind or kinds[b]
     return kinds
 
 
