@@ -206,22 +206,44 @@ def connect(uri: Optional[str] = None, retries: int = 4, backoff_s: float = 1.0,
     return uri
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview ("No data available" for runs like ours)
+# unless the experiment says it is for model development
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+VERSIONED_PACKAGES = ("torch", "transformers", "ray", "mlflow", "numpy", "scikit-learn", "pyarrow")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on (read from metadata: nothing imported)."""
+    import importlib.metadata
+
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def ensure_experiment(name: str, uri: str) -> str:
     """Experiment id for `name`, creating it (with a local artifact location on local stores)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = default_artifact_location() if is_local_store(uri) else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - created concurrently by another process
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = default_artifact_location() if is_local_store(uri) else None
+        try:
+            exp = client.get_experiment(client.create_experiment(name, artifact_location=location,
+                                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # experiments made before the tag was set
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 # ---------------------------------------------------------------- params

@@ -389,3 +389,36 @@ def test_dry_run_asks_the_hub_for_each_hub_backbone_and_reports_a_bad_id_with_th
                           "backbones=[minilm-l6,someorg/mistyped-id]"], capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert off.returncode == 0 and "2 valid cells" in off.stdout, off.stdout + off.stderr
+
+
+def test_mlflow_shows_a_grid_the_way_its_users_expect(tmp_path, sms_cache):
+    """What a person opening the experiment in MLflow 3 sees: the runs (not the GenAI overview), the
+    commit and source, the dataset evaluated on, the package versions, the predictions as a table."""
+    from mlflow.tracking import MlflowClient
+
+    spec = _spec(tmp_path, methods="[lr_probe]", seeds="[0,1]", cache_uri=sms_cache)
+    s = run_grid(spec)
+    assert s["cells_run"] == 4 and s["mlflow_runs"] == 2  # two seeds: two series of two ks
+    c = MlflowClient(spec.mlflow_uri)
+    exp = c.get_experiment_by_name(spec.experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = c.get_run(s["parent_run_id"])
+    assert re.fullmatch(r"[0-9a-f]{40}", parent.data.tags["mlflow.source.git.commit"])
+    assert parent.data.tags["mlflow.source.name"] == "tart grid"
+    import importlib.metadata
+
+    for pkg in ("torch", "transformers", "ray", "mlflow"):
+        assert parent.data.tags[f"tart.version.{pkg}"] == importlib.metadata.version(pkg)
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["sms_spam"]
+    _, runs = _mlflow_cells(spec)
+    for r in runs:
+        full = c.get_run(r.info.run_id)
+        assert [d.dataset.name for d in full.inputs.dataset_inputs] == ["sms_spam"]
+        assert full.data.tags["mlflow.source.git.commit"] == parent.data.tags["mlflow.source.git.commit"]
+    table = c.load_table(exp.experiment_id, "predictions.json", run_ids=[s["parent_run_id"]])
+    df = read_results(spec)
+    assert sorted(table["cell_id"]) == sorted(df["cell_id"]) and all(len(p) == 30 for p in table["probs"])
+    # an experiment made before the kind tag existed gets it on the next launch
+    c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "genai_development")
+    run_grid(spec)
+    assert c.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -33,20 +33,38 @@ from ..config import to_dict
 from ..tracking import (CELL_METRICS, KIND_CELL, KIND_LAUNCH, PREDICTIONS_ARTIFACT, SERIES_PARAMS, TAG_CELLS,
                         TAG_CODE_VERSION, TAG_DATASET, TAG_GIT_SHA, TAG_GRID, TAG_HOST, TAG_KIND, TAG_LAUNCH_ID,
                         TAG_PID, TAG_SERIES, TrackingError, connect, decode_cells, encode_cells, ensure_experiment,
-                        flat_metric, flatten_params, tag_filter)
+                        flat_metric, flatten_params, package_versions, tag_filter)
 from .results import read_results
 from .spec import Cell, GridSpec
 
 logger = logging.getLogger(__name__)
 
 
-def _git_sha() -> str:
+def _git_commit() -> str:
+    """The project's full commit (a job's working_dir archive has no .git: $TART_GIT_COMMIT then)."""
+    if os.environ.get("TART_GIT_COMMIT"):
+        return os.environ["TART_GIT_COMMIT"]
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# what MLflow's UI shows in its Source column (and links to the commit)
+SOURCE_NAME, SOURCE_TYPE, GIT_COMMIT = "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"
+
+
+def dataset_input(dataset: str, options: str):
+    """The MLflow dataset input of a grid dataset (the runs table's Dataset column): its name,
+    a digest of its options (sizes included), where it comes from."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = hashlib.sha256(f"{dataset}|{options}".encode()).hexdigest()[:16]
+    return DatasetInput(Dataset(name=dataset, digest=digest, source_type="tart",
+                                source=json.dumps({"dataset": dataset, "options": json.loads(options)})),
+                        tags=[InputTag("mlflow.data.context", "evaluation")])
 
 
 def _pid_alive(pid: int) -> bool:
@@ -96,7 +114,9 @@ class MlflowView:
         self.client = MlflowClient(self.uri)
         self.exp_id = ensure_experiment(spec.experiment, self.uri)
         self.spec = spec
-        self.git_sha = _git_sha()
+        self.git_commit = _git_commit()
+        self.git_sha = self.git_commit[:7] if self.git_commit != "unknown" else "unknown"
+        self.source = {SOURCE_NAME: "tart grid", SOURCE_TYPE: "JOB", GIT_COMMIT: self.git_commit}
         self.down: Optional[str] = None  # the error that took the server away, if any
         self.unlogged = 0  # cells this launch could not log (still in the results table)
         self.runs_logged = 0  # series runs this launch created
@@ -105,7 +125,8 @@ class MlflowView:
         parent = self.client.create_run(
             self.exp_id, run_name=f"grid-{spec.name}-{launch_id}",
             tags={TAG_GRID: spec.name, TAG_KIND: KIND_LAUNCH, TAG_LAUNCH_ID: launch_id, TAG_GIT_SHA: self.git_sha,
-                  TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())},
+                  TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), **self.source,
+                  **{f"tart.version.{k}": v for k, v in package_versions().items()}},
         )
         self.parent_id = parent.info.run_id
         from mlflow.entities import Param
@@ -113,6 +134,7 @@ class MlflowView:
         params = [Param(k, v[:6000]) for k, v in flatten_params(to_dict(spec)).items()]
         for i in range(0, min(len(params), 500), 100):  # log_batch takes 100 params a call
             self.client.log_batch(self.parent_id, params=params[i:i + 100])
+        self._inputs_logged: set[tuple[str, str]] = set()  # datasets the parent run lists as inputs
         self.logged = self.logged_cells()
         self._expected: Counter = Counter()  # series -> cells this launch still expects to finish
         self._pending: dict[str, list[dict]] = {}  # series -> finished rows not logged yet
@@ -235,9 +257,17 @@ class MlflowView:
         rows = sorted(rows, key=lambda r: int(r["k"]))
         tags = {"mlflow.parentRunId": self.parent_id, TAG_GRID: self.spec.name, TAG_KIND: KIND_CELL,
                 TAG_SERIES: series_id(first), TAG_CELLS: encode_cells((r["k"], r["cell_id"]) for r in rows),
-                TAG_GIT_SHA: self.git_sha, TAG_CODE_VERSION: first["code_version"], TAG_DATASET: first["dataset"]}
+                TAG_GIT_SHA: self.git_sha, TAG_CODE_VERSION: first["code_version"], TAG_DATASET: first["dataset"],
+                **self.source}
         name = f"{first['dataset']}/{first['backbone']}/{first['method']}/s{first['seed']}"
         rid = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
+        data = (first["dataset"], first["dataset_options"])
+        self.client.log_inputs(rid, datasets=[dataset_input(*data)])
+        with self._lock:  # the launch lists each dataset it evaluated on once
+            new = data not in self._inputs_logged
+            self._inputs_logged.add(data)
+        if new:
+            self.client.log_inputs(self.parent_id, datasets=[dataset_input(*data)])
         params = [Param(c, str(first[c])) for c in SERIES_PARAMS]
         params.append(Param("ks", ",".join(str(int(r["k"])) for r in rows)[:6000]))
         now = int(time.time() * 1000)
