@@ -211,6 +211,16 @@ def list_names(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+def list_sizes(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
+    """{base name: size} of the files directly under `path`, in one listing ({} if it does not exist)."""
+    try:
+        entries: Iterable = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+            for e in entries if e.get("type", "file") == "file"}
+
+
 def clean_tmp(fs: fsspec.AbstractFileSystem, path: str) -> list[str]:
     """Remove leftover `_tmp-*` / `_probe-*` entries under `path`; returns their names."""
     removed = []

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -158,3 +159,20 @@ def mlflow_server(tmp_path_factory, mlflow_template):
         yield server.uri
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+@pytest.fixture
+def pipeline_log(caplog):
+    """The `pipeline` loggers' records (INFO and up), whether or not a CLI set up the console."""
+    lg = logging.getLogger("pipeline")
+    level = lg.level
+    lg.addHandler(caplog.handler)
+    lg.setLevel(logging.INFO)
+    try:
+        yield caplog
+    finally:
+        lg.removeHandler(caplog.handler)
+        lg.setLevel(level)

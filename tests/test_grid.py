@@ -422,3 +422,25 @@ def test_mlflow_shows_a_grid_the_way_its_users_expect(tmp_path, sms_cache):
     c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "genai_development")
     run_grid(spec)
     assert c.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_results_table_reads_only_what_changed_since_consolidation(tmp_path, sms_cache, pipeline_log):
+    """read_results after a launch: one listing + the consolidated table and its index, then only cell
+    files that are new or whose size changed (on object storage a GET each): a file overwritten with
+    other bytes of the same size is not even opened; a changed size is read (and skipped if broken)."""
+    spec = _spec(tmp_path, methods="[lr_probe,lr_full]", cache_uri=sms_cache)
+    run_grid(spec)
+    base = tmp_path / "grids" / "t"
+    index = json.loads((base / "results.index.json").read_text())
+    files = sorted((base / "cells").glob("*.parquet"))
+    assert set(index) == {p.stem for p in files} and all(index[p.stem] == p.stat().st_size for p in files)
+    full = read_results(spec)
+    same_size, other_size = files[0], files[1]
+    same_size.write_bytes(b"x" * same_size.stat().st_size)  # not opened: the consolidation holds its row
+    other_size.write_bytes(b"broken")  # opened, unreadable: skipped with a warning
+    df = read_results(spec)
+    assert set(df["cell_id"]) == set(full["cell_id"]) - {other_size.stem}
+    assert f"skipping unreadable result file {other_size}" in pipeline_log.text
+    assert f"{same_size}" not in pipeline_log.text
+    files[2].unlink()  # a deleted cell file takes its row along (its cell runs again)
+    assert files[2].stem not in set(read_results(spec)["cell_id"])

@@ -9,7 +9,6 @@ its storage and its MLflow, not about Ray scheduling, which test_grid/test_jobs 
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import subprocess
@@ -49,20 +48,6 @@ def emb_cache(sms_minilm_cache):
     """The session's sms_spam x minilm-l6 embedding cache (tests/conftest.py; GRID's sizes are its sizes):
     computed by the first grid that needs it, here or in test_grid.py."""
     return sms_minilm_cache
-
-
-@pytest.fixture
-def pipeline_log(caplog):
-    """The `pipeline` loggers' records (INFO and up), whether or not a CLI set up the console."""
-    lg = logging.getLogger("pipeline")
-    level = lg.level
-    lg.addHandler(caplog.handler)
-    lg.setLevel(logging.INFO)
-    try:
-        yield caplog
-    finally:
-        lg.removeHandler(caplog.handler)
-        lg.setLevel(level)
 
 
 def _overrides(tmp_path: Path, cache: str, mlflow_uri: str, name: str = "faults") -> list[str]:

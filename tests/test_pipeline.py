@@ -8,7 +8,6 @@ it next to the shipped default) and that a re-submitted pipeline redoes nothing.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -45,20 +44,6 @@ def configs(tmp_path_factory, mlflow_sqlite, sms_minilm_cache):
         "cache_uri": sms_minilm_cache, "mlflow_uri": mlflow, "cpus_per_cell": 0.5})  # test_grid's embeddings
     return {"root": d, "grid": grid, "args": [f"generate_config={gen}", f"train_config={train}", f"grid_config={grid}",
                                 f"storage={d}/runs"]}
-
-
-@pytest.fixture
-def pipeline_log(caplog):
-    """The `pipeline` loggers' records (INFO and up), whether or not a CLI set up the console."""
-    lg = logging.getLogger("pipeline")
-    level = lg.level
-    lg.addHandler(caplog.handler)
-    lg.setLevel(logging.INFO)
-    try:
-        yield caplog
-    finally:
-        lg.removeHandler(caplog.handler)
-        lg.setLevel(level)
 
 
 def _stage_times(out: str) -> dict:

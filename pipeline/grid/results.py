@@ -2,6 +2,12 @@
 
     <storage>/<grid>/cells/<cell_id>.parquet   one row (`cell_row`), written atomically
     <storage>/<grid>/results.parquet           every row, consolidated at the end of a launch
+    <storage>/<grid>/results.index.json        {cell_id: size of its cell file} at consolidation
+
+Reading the table costs a bounded number of round trips, not one per cell (13,000 GETs on
+object storage for the paper grid): one listing of cells/ (with sizes), the consolidated
+table and its index, then only the cell files that are new or changed since (size differs)
+or that the consolidation does not hold. A cell file that is gone takes its row with it.
 
 A killed grid loses nothing finished, and two concurrent grids cannot corrupt or duplicate
 a row (same id, same file name, atomic replace). A row holds the cell's fields, its id,
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import time
 
@@ -20,10 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage import StorageError, atomic_write_bytes, check_writable, join, list_names, resolve
+from ..storage import StorageError, atomic_write_bytes, check_writable, join, list_sizes, resolve
 from .spec import CODE_VERSION, Cell, GridSpec
 
 logger = logging.getLogger(__name__)
+
+INDEX_NAME = "results.index.json"
 
 
 def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
@@ -81,20 +90,38 @@ def finished_elsewhere(spec: GridSpec, cell: Cell) -> bool:
         return False
 
 
+def _consolidated(spec: GridSpec) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The last consolidation's rows and index (empty if missing or unreadable: the cell files decide)."""
+    base = join(spec.storage, spec.name)
+    fs, table_path = resolve(join(base, "results.parquet"))
+    _, index_path = resolve(join(base, INDEX_NAME))
+    try:
+        index = json.loads(fs.cat_file(index_path))
+        table = pq.read_table(io.BytesIO(fs.cat_file(table_path))).to_pandas()
+    except Exception:  # noqa: BLE001 - none yet, or half of a crashed consolidation
+        return pd.DataFrame(), {}
+    if "cell_id" not in table.columns or not isinstance(index, dict):
+        return pd.DataFrame(), {}
+    return table, {str(k): int(v) for k, v in index.items()}
+
+
 def read_results(spec: GridSpec) -> pd.DataFrame:
     """The results table of a grid: one row per finished cell (unreadable files skipped, with a warning)."""
     fs, path = resolve(cells_dir(spec))
-    frames = []
-    for name in list_names(fs, path):
-        if not name.endswith(".parquet") or name.startswith("_"):
-            continue
+    sizes = {n[: -len(".parquet")]: size for n, size in list_sizes(fs, path).items()
+             if n.endswith(".parquet") and not n.startswith("_")}
+    table, index = _consolidated(spec)
+    known = {cid for cid, size in index.items() if sizes.get(cid) == size}  # consolidated and unchanged since
+    frames = [table[table["cell_id"].isin(known)]] if known else []
+    for cid in sorted(set(sizes) - known):
         try:
-            frames.append(pq.read_table(io.BytesIO(fs.cat_file(f"{path}/{name}"))).to_pandas())
+            frames.append(pq.read_table(io.BytesIO(fs.cat_file(f"{path}/{cid}.parquet"))).to_pandas())
         except Exception as e:  # noqa: BLE001 - a foreign/corrupt file must not hide the others
-            logger.warning(f"[grid] skipping unreadable result file {path}/{name}: {e}")
+            logger.warning(f"[grid] skipping unreadable result file {path}/{cid}.parquet: {e}")
+    frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True).drop_duplicates("cell_id", keep="last")
+    return pd.concat(frames, ignore_index=True).drop_duplicates("cell_id", keep="last").reset_index(drop=True)
 
 
 def write_cell_result(spec: GridSpec, row: dict) -> None:
@@ -113,11 +140,19 @@ def write_cell_result(spec: GridSpec, row: dict) -> None:
 
 
 def write_results_table(spec: GridSpec) -> str:
-    """Consolidate the per-cell files into <storage>/<grid>/results.parquet (atomic); returns its URI."""
+    """Consolidate the per-cell files into <storage>/<grid>/results.parquet and its index (each atomic,
+    the index last: a crash between leaves an index that only sends more reads to the cell files)."""
+    fs, cells_path = resolve(cells_dir(spec))
+    sizes = list_sizes(fs, cells_path)  # before reading: a file written meanwhile is read again next time
     df = read_results(spec)
-    uri = join(join(spec.storage, spec.name), "results.parquet")
+    base = join(spec.storage, spec.name)
+    uri = join(base, "results.parquet")
     fs, path = resolve(uri)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     atomic_write_bytes(fs, path, buf.getvalue())
+    ids = set(df["cell_id"]) if len(df) else set()
+    index = {cid: sizes[f"{cid}.parquet"] for cid in ids if f"{cid}.parquet" in sizes}
+    _, index_path = resolve(join(base, INDEX_NAME))
+    atomic_write_bytes(fs, index_path, json.dumps(index, sort_keys=True).encode())
     return uri
