@@ -258,6 +258,24 @@ def test_failed_cells_exit_1_with_one_line_and_the_comparison_still_prints(tmp_p
     assert "retry" not in err
 
 
+def test_auc_equals_sklearn_to_one_ulp_with_and_without_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.grid.results import auc
+
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        n = int(rng.integers(4, 200))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        p = rng.random(n)
+        if i % 3 == 0:
+            p = np.round(p, 1)  # many ties
+        assert abs(auc(y, p) - roc_auc_score(y, p)) <= 2.3e-16
+    assert auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert auc(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9])) == 1.0
+
+
 def test_metrics_are_correct():
     y = np.array([0, 0, 1, 1])
     m = cell_metrics(y, np.array([0.1, 0.6, 0.8, 0.9]))

@@ -35,15 +35,26 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "results.index.json"
 
 
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half), correctly rounded: 2U is an integer
+    (twice the average ranks are), divided once. sklearn's roc_auc_score gives the same value to the
+    last bit or one ulp off, at ~100x the cost (4 ms a call here: the driver scores every cell)."""
+    y = np.asarray(y, dtype=np.int64)
+    _, inverse, counts = np.unique(np.asarray(p, dtype=np.float64), return_inverse=True, return_counts=True)
+    twice_ranks = 2 * np.cumsum(counts) - (counts - 1)  # 2 x the average 1-based rank of each value
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    twice_u = int(twice_ranks[inverse][y == 1].sum()) - n1 * (n1 + 1)
+    return twice_u / (2 * n1 * n0)
+
+
 def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     """accuracy, AUC, Brier score and ECE (over the confidence of the predicted class) of P(y=1) `p`."""
-    from sklearn.metrics import roc_auc_score  # ~3 s to import: only when a cell is scored
-
     y = np.asarray(y, dtype=np.int64)
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     pred = (p >= 0.5).astype(np.int64)
     out = {"accuracy": float((pred == y).mean()), "brier": float(((p - y) ** 2).mean())}
-    out["auc"] = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    out["auc"] = auc(y, p) if len(np.unique(y)) == 2 else float("nan")
     conf = np.where(pred == 1, p, 1 - p)
     edges = np.linspace(0.5, 1.0, bins // 2 + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1]), 0, len(edges) - 2)
