@@ -27,7 +27,7 @@ from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .methods import TEXTS, known_methods
 from .storage import join
 from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect, decode_cells,
-                       flat_metric, resolve_tracking_uri, tag_filter)
+                       experiment_url, flat_metric, resolve_tracking_uri, tag_filter)
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +230,12 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
             logger.warning(f"[compare] WARNING: could not log artifacts to MLflow ({e})")
     lines = [rep["markdown"], f"\nplots and tables: {out_dir.resolve()}"]
     if summary.get("mlflow_uri"):
-        uri = summary["mlflow_uri"]
-        ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if uri.startswith("sqlite") else uri
+        uri, exp_id = summary["mlflow_uri"], summary.get("experiment_id")
+        if uri.startswith("sqlite"):
+            ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+            ui += f", then open {experiment_url('http://127.0.0.1:5000', exp_id)}" if exp_id else ""
+        else:
+            ui = experiment_url(uri, exp_id) if exp_id else uri
         lines.append(f"MLflow: {ui}  (experiment {spec.experiment!r}, parent run {summary['parent_run_id']})")
     return {**rep, "text": "\n".join(lines)}
 

@@ -213,6 +213,13 @@ EXPERIMENT_KIND = "custom_model_development"
 VERSIONED_PACKAGES = ("torch", "transformers", "ray", "mlflow", "numpy", "scikit-learn", "pyarrow")
 
 
+def experiment_url(server: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs. MLflow 3.17's UI opens on its GenAI overview unless
+    the URL says `workflowType=machine_learning` (its GenAI / Model training switch is a setting of
+    the browser, not of the experiment; checked in headless Chromium), so every link carries it."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a result depends on (read from metadata: nothing imported)."""
     import importlib.metadata

@@ -436,6 +436,11 @@ def test_mlflow_shows_a_grid_the_way_its_users_expect(tmp_path, sms_cache):
     table = c.load_table(exp.experiment_id, "predictions.json", run_ids=[s["parent_run_id"]])
     df = read_results(spec)
     assert sorted(table["cell_id"]) == sorted(df["cell_id"]) and all(len(p) == 30 for p in table["probs"])
+    # the printed link opens the runs, not MLflow 3's GenAI overview (checked in headless Chromium)
+    from pipeline.compare import compare_from_table
+
+    text = compare_from_table(df, spec, s)["text"]
+    assert f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in text, text
     # an experiment made before the kind tag existed gets it on the next launch
     c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "genai_development")
     run_grid(spec)

@@ -214,6 +214,7 @@ def _finish(spec: GridSpec, cells: list[Cell], todo: list[Cell], view: Optional[
     summary["results_uri"] = table_uri
     summary["mlflow_uri"] = view.uri if view else None
     summary["parent_run_id"] = view.parent_id if view else None
+    summary["experiment_id"] = view.exp_id if view else None
     shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in summary.items()}
     logger.info(f"[grid] done: {json.dumps(shown)}")
     return summary
