@@ -431,7 +431,6 @@ def test_mlflow_shows_a_grid_the_way_its_users_expect(tmp_path, sms_cache):
     _, runs = _mlflow_cells(spec)
     for r in runs:
         full = c.get_run(r.info.run_id)
-        assert [d.dataset.name for d in full.inputs.dataset_inputs] == ["sms_spam"]
         assert full.data.tags["mlflow.source.git.commit"] == parent.data.tags["mlflow.source.git.commit"]
     table = c.load_table(exp.experiment_id, "predictions.json", run_ids=[s["parent_run_id"]])
     df = read_results(spec)

@@ -183,17 +183,15 @@ def run_grid(spec: GridSpec, force: bool = False, num_cpus: Optional[float] = No
         # from the first cell to the last outcome, embedding excluded (on Ray: tasks, scheduling, transfers)
         rec.timings["cells_wall_s"] = time.time() - t_cells - rec.timings["embed_s"]
         if view is not None:  # also when a StorageError stops the grid: what it finished reaches MLflow
-            view.flush()
+            t = time.time()
+            view.flush()  # the wait for the background logging: the grid's MLflow time
+            rec.timings["mlflow_s"] += time.time() - t
     return _finish(spec, cells, todo, view, rec, t_start)
 
 
 def _finish(spec: GridSpec, cells: list[Cell], todo: list[Cell], view: Optional[MlflowView], rec: _Recorder,
             t_start: float) -> dict:
     """Consolidate the table, close the MLflow launch, log and return the summary."""
-    if view is not None:  # the series still queued (or being logged in the background)
-        t = time.time()
-        view.flush()
-        rec.timings["mlflow_s"] += time.time() - t
     table_uri = write_results_table(spec)
     failed = rec.progress.failed
     summary = {"cells_total": len(cells), "cells_run": rec.progress.done, "cells_failed": failed,

@@ -80,7 +80,7 @@ def _pid_alive(pid: int) -> bool:
 # a series is a cell's fields but k (the dtype too: another dtype is another series)
 SERIES_FIELDS = tuple(f.name for f in dataclasses.fields(Cell) if f.name != "k")
 SEGMENT_MAX_CELLS = 50  # log_batch takes 1,000 metrics a call: 2 x len(CELL_METRICS) per cell
-LOG_THREADS = 4  # concurrent series logs (a server serves them in parallel; sqlite serialises them)
+LOG_THREADS = 8  # concurrent series logs (a server serves them in parallel; sqlite serialises them)
 
 
 def series_id(cell_or_row) -> str:
@@ -139,7 +139,9 @@ class MlflowView:
         self._expected: Counter = Counter()  # series -> cells this launch still expects to finish
         self._pending: dict[str, list[dict]] = {}  # series -> finished rows not logged yet
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(LOG_THREADS, thread_name_prefix="mlflow-log")
+        # a sqlite store takes one writer at a time (more only wait on its lock); a server takes many
+        threads = 1 if self.uri.startswith("sqlite") else LOG_THREADS
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mlflow-log")
         self._futures: list[Future] = []
         self.predictions: list[dict] = []  # this launch's rows, for the predictions table
 
@@ -262,8 +264,9 @@ class MlflowView:
         name = f"{first['dataset']}/{first['backbone']}/{first['method']}/s{first['seed']}"
         rid = self.client.create_run(self.exp_id, run_name=name, tags=tags).info.run_id
         data = (first["dataset"], first["dataset_options"])
-        self.client.log_inputs(rid, datasets=[dataset_input(*data)])
-        with self._lock:  # the launch lists each dataset it evaluated on once
+        # the dataset is an input of the launch's run (the runs table's Dataset column), once: a
+        # log_inputs per series run would add a fourth round trip to each
+        with self._lock:
             new = data not in self._inputs_logged
             self._inputs_logged.add(data)
         if new:
