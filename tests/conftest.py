@@ -53,7 +53,8 @@ def pytest_collection_modifyitems(config, items):
     def module(item) -> str:
         return getattr(getattr(item, "module", None), "__name__", "")
 
-    own_cluster = {module(item) for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
+    clusters = ("ray_cluster", "bare_cluster")
+    own_cluster = {module(item) for item in items if set(clusters) & set(getattr(item, "fixturenames", ()))}
 
     def rank(item) -> int:
         if "no_ray" in getattr(item, "fixturenames", ()):

@@ -166,6 +166,9 @@ def _wait_job(client, sid: str, timeout: float):
 @pytest.fixture(scope="module")
 def bare_cluster():
     """A bare 2-node Ray cluster from the Ray-only venv: head (2 CPUs, dashboard/Jobs API), worker (1 CPU)."""
+    import ray
+
+    ray.shutdown()  # the session's local Ray (tests/conftest.py) would only hold memory and CPUs meanwhile
     _require_registry()
     t0 = time.time()
     venv = _bare_venv()
