@@ -232,3 +232,41 @@ def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, pipel
     summary = run_grid(spec)
     assert summary["cells_run"] == 1 and summary["cells_skipped"] == N_CELLS - 1
     _assert_each_cell_once(spec, uri)  # the cell was in MLflow already: not logged twice
+
+
+def test_series_runs_that_partly_overlap_are_resolved_to_each_cell_once_even_by_two_dedupes_at_once(
+        tmp_path, emb_cache, mlflow_sqlite):
+    """Two drivers that both computed a cell log it in different series runs: {k18, k32} and
+    {k32, k48}. Deduping keeps the earlier run, deletes the later and logs its other cell again;
+    two drivers deduping at the same moment both re-log it, and their next pass removes the copy."""
+    import threading
+
+    import pandas as pd
+
+    from pipeline.grid.mlflow_view import MlflowView
+
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
+    over = [o for o in _overrides(tmp_path, emb_cache, uri, name="overlap") if not o.startswith("ks=")]
+    spec = _spec([*over, "ks=[18,32,48]", "seeds=[0]", "methods=[lr_probe]"])
+    run_grid(spec)  # three cells of one series, logged as one run
+    rows = {r["k"]: r for r in read_results(spec).to_dict("records")}
+    table = pd.DataFrame(list(rows.values()))
+    first, second = MlflowView(spec, "a"), MlflowView(spec, "b")
+    for v in (first, second):
+        v.logged = set()  # as if each had computed its cells without seeing the other's run
+    first._log_segment([rows[18], rows[32]])
+    second._log_segment([rows[32], rows[48]])
+    barrier = threading.Barrier(2)
+
+    def dedupe(view):
+        barrier.wait()
+        view.dedupe(table)
+
+    threads = [threading.Thread(target=dedupe, args=(v,)) for v in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    runs = [r for r in _mlflow_cell_runs(uri, spec.name) if r.info.status == "FINISHED"]
+    ids = [cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))]
+    assert sorted(ids) == sorted(r["cell_id"] for r in rows.values()), ids

@@ -297,14 +297,25 @@ class MlflowView:
 
     # ------------------------------------------------------------------ closing
 
-    def dedupe(self, table=None) -> int:
+    def dedupe(self, table=None, rounds: int = 5) -> int:
         """One FINISHED run per cell (see the class docstring); returns the runs deleted.
 
         `table`: the results table, to re-log the cells of a run replaced for partly
-        duplicating an earlier one (read from storage when needed and not given).
+        duplicating an earlier one (read from storage when needed and not given). A pass that
+        re-logged is followed by another: two drivers deduping at once can each re-log the same
+        rest, and whichever re-logs last then sees (and deletes) the other's copy.
         """
+        deleted = 0
+        for _ in range(rounds):
+            n, relogged = self._dedupe_pass(table)
+            deleted += n
+            if not relogged:
+                break
+        return deleted
+
+    def _dedupe_pass(self, table=None) -> tuple[int, bool]:
         if self.down:
-            return 0
+            return 0, False
         runs = self._series_runs()
         finished = sorted((r for r in runs if r.info.status == "FINISHED"),
                           key=lambda r: (r.info.start_time, r.info.run_id))
@@ -337,7 +348,7 @@ class MlflowView:
                 by_series.setdefault(series_id(row), []).append(row)
             for rs in by_series.values():
                 self._log_segment(rs)
-        return deleted
+        return deleted, bool(relog)
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
         self.flush()
