@@ -237,8 +237,9 @@ def test_truncated_result_file_is_recomputed_not_read(tmp_path, emb_cache, pipel
 def test_series_runs_that_partly_overlap_are_resolved_to_each_cell_once_even_by_two_dedupes_at_once(
         tmp_path, emb_cache, mlflow_sqlite):
     """Two drivers that both computed a cell log it in different series runs: {k18, k32} and
-    {k32, k48}. Deduping keeps the earlier run, deletes the later and logs its other cell again;
-    two drivers deduping at the same moment both re-log it, and their next pass removes the copy."""
+    {k32, k48}. Deduping keeps the earlier run, deletes the later and logs its other cell again.
+    Two drivers dedupe here at the same moment (threads released together; the interleaving in
+    which both re-log the same rest is not forced: a re-log is followed by another pass)."""
     import threading
 
     import pandas as pd
