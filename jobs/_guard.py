@@ -66,7 +66,8 @@ def check(stage: str) -> None:
     if not os.environ.get(MARKER):
         _fail(stage, f"this Ray job was submitted without the project's runtime env ({MARKER} is not set; "
                      f"cluster/runtime_env.yaml sets it). Submit it as `{submit_command(stage)}` "
-                     f"(a KubeRay runtimeEnvYAML must carry the same pip list and env_vars), or set "
+                     f"(on the stock Ray image: cluster/runtime_env.stock-image.yaml; on CPU nodes: "
+                     f"cluster/runtime_env.cpu.yaml; a KubeRay runtimeEnvYAML carries their env_vars), or set "
                      f"{OVERRIDE}=1 in the runtime env if the cluster image already holds the project and its "
                      f"dependencies.")
     if not (PROJECT / "configs").is_dir():
