@@ -37,6 +37,8 @@ FIELD_HELP = {
     "gpus_per_icl_task": "per ICL task (one seed of one dataset x causal LM)",
     "cpus_per_icl_task": "ICL is compute-bound: do not share a core",
     "icl_batch_size": "queries per ICL forward pass (8 on a CPU, 32 on a GPU)",
+    "icl_max_chars": "icl: cut every example to N characters so large-k prompts fit (in the icl cells' ids)",
+    "method_ks": "other ks for some methods, e.g. method_ks.icl=[18,32] (an LM's context holds only so many)",
     "dtype": "auto: bfloat16 on GPUs and bf16-native CPUs, else float32",
 }
 
