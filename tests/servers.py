@@ -1,4 +1,5 @@
-"""A real `mlflow server` process for tests: sqlite backend + artifacts dir, own process group.
+"""Real server processes for tests: `mlflow server` (sqlite backend + artifacts dir, own process group),
+a hub-shaped file server, and `kill_processes_mentioning` (the teardown of the Ray clusters tests start).
 
 `MlflowServer(root)` keeps its database and port across `stop()` / `start()`, so a test
 can kill the server mid-grid and bring the same server back later. `db_template`: an
@@ -142,3 +143,35 @@ class HubServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def kill_processes_mentioning(marker: str) -> None:
+    """SIGTERM then SIGKILL every process (of this user) whose command line, working directory or open
+    files name `marker`: Ray's agents rename themselves (`ray::DashboardAgent`), ignore SIGTERM and
+    outlive their raylet; left running they keep the next cluster's job agent from registering."""
+    import psutil
+
+    def mentions(p) -> bool:
+        if marker in " ".join(p.info["cmdline"] or []) or marker in (p.info["cwd"] or ""):
+            return True
+        return any(marker in f.path for f in p.open_files())
+
+    me = os.getpid()
+    procs = []
+    for p in psutil.process_iter(["pid", "cmdline", "cwd", "username"]):
+        try:
+            if p.pid != me and mentions(p):
+                procs.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=3)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

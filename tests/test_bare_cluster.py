@@ -48,7 +48,7 @@ from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
 from pipeline.tracking import TAG_CELLS, decode_cells
 
-from servers import MlflowServer, free_port
+from servers import MlflowServer, free_port, kill_processes_mentioning
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -122,37 +122,6 @@ def _clean_env(bare_bin: Path | None = None, **extra) -> dict:
     return env
 
 
-def _kill_processes_mentioning(marker: str) -> None:
-    """SIGTERM then SIGKILL every process whose command line, working directory or open files name `marker`
-    (tests/test_jobs.py's teardown: Ray's agents rename themselves, ignore SIGTERM and outlive their raylet)."""
-    import psutil
-
-    def mentions(p) -> bool:
-        if marker in " ".join(p.info["cmdline"] or []) or marker in (p.info["cwd"] or ""):
-            return True
-        return any(marker in f.path for f in p.open_files())
-
-    me = os.getpid()
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline", "cwd", "username"]):
-        try:
-            if p.pid != me and mentions(p):
-                procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=3)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def _wait_job(client, sid: str, timeout: float):
     from ray.job_submission import JobStatus
 
@@ -205,7 +174,7 @@ def bare_cluster():
                     break
                 if attempt == 1 or cmd is worker:
                     raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-                _kill_processes_mentioning(root)
+                kill_processes_mentioning(root)
         address = f"http://127.0.0.1:{dash}"
         from ray.job_submission import JobSubmissionClient
         from ray.util.state import list_nodes
@@ -239,7 +208,7 @@ def bare_cluster():
                "venv_s": venv_s, "runtime_env": runtime_env}
     finally:
         for _ in range(3):  # the runtime env virtualenvs are GBs: a process still dying can write into a removed dir
-            _kill_processes_mentioning(root)
+            kill_processes_mentioning(root)
             shutil.rmtree(root, ignore_errors=True)
             if not os.path.exists(root):
                 break

@@ -36,7 +36,7 @@ from pipeline.config import load_config
 from pipeline.grid import GridSpec, read_results
 from pipeline.tracking import TAG_CELLS, decode_cells
 
-from servers import free_port
+from servers import free_port, kill_processes_mentioning
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
@@ -67,38 +67,6 @@ def _run(cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=kw.pop("env", _env()), **kw)
 
 
-def _kill_processes_mentioning(marker: str) -> None:
-    """SIGTERM then SIGKILL every process (of this user) whose command line, working directory or open
-    files name `marker`: Ray's agents rename themselves (`ray::DashboardAgent`), ignore SIGTERM and
-    outlive their raylet; left running they keep the next cluster's job agent from registering."""
-    import psutil
-
-    def mentions(p) -> bool:
-        if marker in " ".join(p.info["cmdline"] or []) or marker in (p.info["cwd"] or ""):
-            return True
-        return any(marker in f.path for f in p.open_files())
-
-    me = os.getpid()
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline", "cwd", "username"]):
-        try:
-            if p.pid != me and mentions(p):
-                procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=3)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A real 2-node local Ray cluster (head: 2 CPUs + dashboard; worker: 1 CPU)."""
@@ -121,7 +89,7 @@ def ray_cluster():
                     break
                 if attempt == 1 or cmd is worker:
                     raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-                _kill_processes_mentioning(temp_dir)
+                kill_processes_mentioning(temp_dir)
         address = f"http://127.0.0.1:{dash}"
         from ray.job_submission import JobSubmissionClient
 
@@ -152,7 +120,7 @@ def ray_cluster():
         yield {"address": address, "gcs": f"127.0.0.1:{port}", "client": client, "temp_dir": temp_dir,
                "worker_cmd": worker, "env": env}  # worker_cmd: `victim_node` starts a worker node again
     finally:
-        _kill_processes_mentioning(temp_dir)
+        kill_processes_mentioning(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
