@@ -90,6 +90,14 @@ def series_id(cell_or_row) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _by_series(rows: list[dict]) -> list[list[dict]]:
+    """Results-table rows grouped by series, in first-seen order."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(series_id(r), []).append(r)
+    return list(out.values())
+
+
 class MlflowView:
     """The driver's MLflow logger: parent run per launch, child run per series, no duplicates.
 
@@ -286,11 +294,8 @@ class MlflowView:
     def sync(self, df) -> int:
         """Log every row of the results table `df` that MLflow does not hold yet; returns how many."""
         rows = [r for r in df.to_dict("records") if r["cell_id"] not in self.logged] if len(df) else []
-        by_series: dict[str, list[dict]] = {}
-        for r in rows:
-            by_series.setdefault(series_id(r), []).append(r)
         before = self.unlogged
-        futures = [self._pool.submit(self._log_segment, rs) for rs in by_series.values()]
+        futures = [self._pool.submit(self._log_segment, rs) for rs in _by_series(rows)]
         for f in futures:
             f.result()
         return len(rows) - (self.unlogged - before)
@@ -343,10 +348,7 @@ class MlflowView:
             rows = [r for r in table.to_dict("records") if r["cell_id"] in relog]
             with self._lock:
                 self.logged -= relog
-            by_series: dict[str, list[dict]] = {}
-            for row in rows:
-                by_series.setdefault(series_id(row), []).append(row)
-            for rs in by_series.values():
+            for rs in _by_series(rows):
                 self._log_segment(rs)
         return deleted, bool(relog)
 
