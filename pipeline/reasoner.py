@@ -128,8 +128,12 @@ class ReasonerModel(nn.Module):
             h = blk(h, mask)
         return self.read_out(self.ln_f(h)).squeeze(-1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Training pass: logits (B, n) at every x position, each seeing only earlier pairs."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, n_context: int | None = None) -> torch.Tensor:
+        """Training pass: logits (B, n) at every x position, each seeing only earlier pairs; or,
+        with `n_context`, logits (B, n - n_context) for the points after the first n_context,
+        each conditioned on those n_context pairs only (the inference pass, `query_logits`)."""
+        if n_context is not None:
+            return self.query_logits(x[:, :n_context], y[:, :n_context], x[:, n_context:])
         tokens = self.interleave(x, y)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         return self.forward_tokens(tokens, positions, None)[:, ::2]
@@ -212,8 +216,31 @@ def load_model(directory: str | os.PathLike, device: str = "cpu") -> ReasonerMod
     return model.to(device).eval()
 
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The reasoners shipped with the project, by name (folders under assets/). v1 is the
+# paper-faithful one; `shipped.json` declares which one `load_reasoner()` gives.
+SHIPPED = {"v1": "reasoner", "v2": "reasoner_v2"}
+
+
+def default_reasoner_name() -> str:
+    return json.loads((ASSETS / "shipped.json").read_text())["default"]
+
+
 def default_checkpoint_dir() -> Path:
-    return Path(__file__).resolve().parent / "assets" / "reasoner"
+    return ASSETS / SHIPPED[default_reasoner_name()]
+
+
+def shipped_dir(name_or_path: str | os.PathLike) -> Path:
+    """A shipped reasoner's folder by name ("v1", "v2", "default"), or the path itself."""
+    name = str(name_or_path)
+    if name == "default":
+        return default_checkpoint_dir()
+    if name in SHIPPED:
+        folder = ASSETS / SHIPPED[name]
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise ReasonerError(f"shipped reasoner {name!r} is not in this install ({folder} has no {WEIGHTS_FILE})")
+        return folder
+    return Path(name_or_path)
 
 
 class Reasoner:
@@ -283,8 +310,9 @@ class Reasoner:
 
 
 def load_reasoner(path: str | os.PathLike | None = None, device: str = "cpu") -> Reasoner:
-    """Load a reasoner checkpoint directory (default: the one shipped with the project)."""
-    directory = Path(path) if path is not None else default_checkpoint_dir()
+    """Load a shipped reasoner by name ("v1", "v2") or a checkpoint directory (default: the
+    shipped one `shipped.json` declares the default)."""
+    directory = shipped_dir(path) if path is not None else default_checkpoint_dir()
     if not directory.exists():
         raise ReasonerError(f"reasoner checkpoint {directory} does not exist")
     return Reasoner(load_model(directory, device=device), meta=read_checkpoint_config(directory))

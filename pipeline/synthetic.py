@@ -1,6 +1,6 @@
-"""The synthetic logistic-regression task the reasoner is trained on.
+"""The synthetic logistic-regression tasks the reasoner is trained on: two families.
 
-An episode draws a fresh task w ~ N(0, I_d) * scale, points x ~ N(0, I_d) and labels
+`gaussian` (the paper's, reasoner v1): an episode draws a fresh task w ~ N(0, I_d) * scale, points x ~ N(0, I_d) and labels
 y ~ Bernoulli(sigmoid(x . w)). We store the uniform draw `u` behind each label
 (y = u < sigmoid(x . w)) instead of only y: the training curriculum zeroes the
 inactive coordinates of x and w and must relabel with the *same* noise, so the
@@ -8,23 +8,84 @@ curriculum can be applied at training time without regenerating data.
 
 Two samplers with the same distribution: numpy (stage 1 writes shards; byte-exact
 given a seed) and torch (fresh episodes straight on the training device).
+
+`embedding` (reasoner v2): episodes shaped like what the reasoner meets in the
+composition, i.e. a backbone's embeddings PCA-whitened on the k context points
+(`methods.fit_whitening`). x is drawn in `raw_dims` >= d dims with a decaying variance
+spectrum, optionally heavy-tailed (multivariate t) or clustered; w puts its weight
+mostly on the high-variance coordinates (w_j ~ N(0, (j+1)^-2a)), scaled so that the
+logit's standard deviation (the episode's signal) is log-uniform over a wide range;
+labels are flipped at a per-episode rate. Each training step then picks a context size
+k, whitens every episode on its own first k points exactly as the composition does
+(`whiten_context_torch`), and trains on the queries after them. The reasoner must infer
+from the k points which task of the family it faces (how noisy, how concentrated), which
+a logistic regression with a fixed C cannot. Online (torch) only for now.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+FAMILIES = ("gaussian", "embedding")
+
+
+@dataclass
+class EmbeddingPrior:
+    """The `embedding` family's distribution over tasks (see the module docstring)."""
+
+    raw_dims: int = 32  # x drawn in this many dims, then PCA-whitened to d on the context (>= d)
+    signal_min: float = 0.5  # std of the logit x . w, drawn log-uniform in [signal_min, signal_max]
+    signal_max: float = 20.0
+    decay_max: float = 1.5  # w_j ~ N(0, (j+1)^-2a), a ~ U[0, decay_max]: weight on the leading coordinates
+    spectrum_max: float = 1.5  # variance of raw coordinate j ~ (j+1)^-b, b ~ U[0, spectrum_max]
+    flip_max: float = 0.2  # label-flip rate ~ U[0, flip_max]
+    heavy_tail: float = 0.25  # share of episodes with multivariate-t x (dof ~ U[2.5, 10])
+    clusters: float = 0.25  # share of episodes whose x is a mixture of 2-6 Gaussian clusters
+    k_min: int = 17  # context sizes trained on: k ~ U{k_min .. points - queries} per step
+    queries: int = 32  # query points after the context (the loss is on them)
+
+    def check(self, d: int, points: int) -> None:
+        if self.raw_dims < d:
+            raise ValueError(f"prior.raw_dims={self.raw_dims}: expected >= d={d} (the PCA keeps d of them)")
+        if not 0 < self.signal_min <= self.signal_max:
+            raise ValueError(f"prior.signal_min={self.signal_min}, signal_max={self.signal_max}: expected 0 < min <= max")
+        for name in ("decay_max", "spectrum_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"prior.{name}={getattr(self, name)}: expected >= 0")
+        if not 0 <= self.flip_max < 0.5:
+            raise ValueError(f"prior.flip_max={self.flip_max}: expected 0 <= flip_max < 0.5")
+        for name in ("heavy_tail", "clusters"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"prior.{name}={getattr(self, name)}: expected a share in [0, 1]")
+        if self.queries < 1:
+            raise ValueError(f"prior.queries={self.queries}: expected >= 1")
+        if not 2 <= self.k_min <= points - self.queries:
+            raise ValueError(f"prior.k_min={self.k_min}: expected 2 <= k_min <= points - queries "
+                             f"= {points - self.queries}")
 
 
 @dataclass
 class TaskSpec:
     d: int = 16  # dimension of x and w
     points: int = 258  # (x, y) pairs per episode
-    weight_multiplier: float = 10.0  # w ~ N(0, I) * multiplier
+    weight_multiplier: float = 10.0  # w ~ N(0, I) * multiplier  (gaussian family)
     variable_multiplier: bool = False  # per-episode multiplier drawn from {1..weight_multiplier}
+    family: str = "gaussian"  # gaussian (the paper's task, v1) | embedding (v2: see the module docstring)
+    prior: EmbeddingPrior = field(default_factory=EmbeddingPrior)  # the embedding family's parameters
+
+    @property
+    def max_k(self) -> int:
+        """The largest context an episode of this task trains."""
+        return self.points - self.prior.queries if self.family == "embedding" else self.points - 1
 
     def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}: expected one of {', '.join(FAMILIES)}")
+        if self.family == "embedding":
+            self.prior.check(self.d, self.points)
         if self.d < 1:
             raise ValueError(f"d={self.d}: expected d >= 1")
         if self.points < 2:
@@ -33,6 +94,21 @@ class TaskSpec:
             raise ValueError(f"weight_multiplier={self.weight_multiplier}: expected > 0")
         if self.variable_multiplier and self.weight_multiplier < 1:
             raise ValueError("variable_multiplier needs weight_multiplier >= 1")
+
+
+def task_record(spec: TaskSpec) -> dict:
+    """The task as recorded in manifests and checkpoints. A gaussian task is recorded without
+    the family fields, exactly as before families existed, so v1 shard bytes and digests hold."""
+    rec = asdict(spec)
+    if spec.family == "gaussian":
+        rec.pop("family"), rec.pop("prior")
+    return rec
+
+
+def task_from_record(rec: dict) -> TaskSpec:
+    rec = dict(rec)
+    prior = EmbeddingPrior(**rec.pop("prior", {}))
+    return TaskSpec(**rec, prior=prior)
 
 
 @dataclass
@@ -98,3 +174,85 @@ def apply_curriculum(w: "torch.Tensor", x: "torch.Tensor", u: "torch.Tensor", ac
     logits = torch.einsum("npd,nd->np", x, w_act)
     y = (u < torch.sigmoid(logits)).float()
     return x, y
+
+
+# ----------------------------------------------------------------------------- embedding family
+
+
+def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generator", device="cpu",
+                                    points: int | None = None):
+    """n raw episodes of the `embedding` family: x (n, points, raw_dims) and labels y (n, points) in {0, 1}.
+
+    Per episode: a variance spectrum, optionally heavy tails or clusters, a task w weighted
+    towards the high-variance coordinates, a signal (logit std), a class bias and a flip rate.
+    """
+    import torch
+    p, P, D = spec.prior, points or spec.points, spec.prior.raw_dims
+    unif = lambda *shape: torch.rand(*shape, generator=gen, device=device)
+    normal = lambda *shape: torch.randn(*shape, generator=gen, device=device)
+    j = torch.arange(1, D + 1, device=device, dtype=torch.float32)
+    sd = j.pow(-unif(n, 1) * p.spectrum_max / 2)  # (n, D): coordinate j's std, decaying with j
+    z = normal(n, P, D)
+    # heavy tails: multivariate t, one chi-square scale per point (integer dof 3..10)
+    dof = 3 + (unif(n, 1) * 8).floor()  # (n, 1)
+    chi2 = (normal(n, P, 10) ** 2 * (torch.arange(10, device=device) < dof[:, :, None])).sum(-1)
+    t_scale = torch.sqrt(dof / chi2.clamp_min(1e-6))  # (n, P)
+    tailed = (unif(n, 1) < p.heavy_tail).float()
+    z = z * (tailed * t_scale + (1 - tailed))[:, :, None]
+    # clusters: 2-6 centres with a spread 0.5-2x the within-cluster std, each point in one
+    m = 2 + (unif(n, 1) * 5).floor()  # (n, 1)
+    centres = normal(n, 6, D) * (0.5 + 1.5 * unif(n, 1, 1))
+    which = (unif(n, P) * m).floor().long()  # (n, P) in [0, m)
+    clustered = (unif(n, 1, 1) < p.clusters).float()
+    x = (z + clustered * torch.gather(centres, 1, which[:, :, None].expand(n, P, D))) * sd[:, None, :]
+    # the task: weight decaying over the coordinates, scaled to the episode's signal
+    w = normal(n, D) * j.pow(-unif(n, 1) * p.decay_max)
+    logit = torch.einsum("npd,nd->np", x, w)
+    logit = logit - logit.mean(1, keepdim=True)
+    lo, hi = math.log(p.signal_min), math.log(p.signal_max)
+    signal = torch.exp(lo + (hi - lo) * unif(n, 1))
+    logit = logit * signal / logit.std(1, keepdim=True).clamp_min(1e-6) + 0.5 * normal(n, 1)
+    flip = unif(n, 1) * p.flip_max
+    p1 = flip + (1 - 2 * flip) * torch.sigmoid(logit)
+    y = (unif(n, P) < p1).float()
+    return x, y
+
+
+def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: float = 1e-6):
+    """Batched twin of `methods.fit_whitening(...).transform`: PCA to d dims + whitening fitted on
+    each episode's context xc (n, k, D), applied to xc and its queries xq (n, q, D). Same
+    centring, sign rule, epsilon and zeroed degenerate directions. Returns (n, k, d), (n, q, d)."""
+    import torch
+    from .methods import RANK_RTOL
+    k = xc.shape[1]
+    mean = xc.mean(1, keepdim=True)
+    _, S, Vh = torch.linalg.svd(xc - mean, full_matrices=False)  # Vh (n, r, D), r = min(k, D)
+    big = Vh.abs().argmax(-1, keepdim=True)
+    signs = torch.sign(torch.gather(Vh, 2, big))
+    Vh = Vh * torch.where(signs == 0, torch.ones_like(signs), signs)
+    var = S**2 / (k - 1)
+    r = min(d, Vh.shape[1])
+    comps, var_d, vmax = Vh[:, :r], var[:, :r], var[:, :1]
+    informative = var_d > RANK_RTOL * vmax
+    scale = torch.where(informative, 1.0 / torch.sqrt(var_d + eps * vmax), torch.zeros_like(var_d))
+    zc = ((xc - mean) @ comps.transpose(1, 2)) * scale[:, None, :]
+    zq = ((xq - mean) @ comps.transpose(1, 2)) * scale[:, None, :]
+    if r < d:
+        zc, zq = (torch.nn.functional.pad(t, (0, d - r)) for t in (zc, zq))
+    return zc, zq
+
+
+def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", device="cpu"):
+    """One training batch of the embedding family at context size k: whitened context
+    (n, k, d), its labels (n, k), whitened queries (n, q, d) and their labels (n, q)."""
+    q = spec.prior.queries
+    x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q)
+    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d)
+    return zc, y[:, :k], zq, y[:, k:]
+
+
+def context_size(spec: TaskSpec, seed: int, step: int) -> int:
+    """The embedding family's context size at a training step: uniform over k_min..max_k,
+    a pure function of (seed, step) so a resumed run sees the same sizes."""
+    lo, hi = spec.prior.k_min, spec.max_k
+    return lo + int(np.random.default_rng([seed, step, 7]).integers(0, hi - lo + 1))

@@ -26,6 +26,7 @@ from pipeline import tracking
 from pipeline.config import ConfigError, load_config
 from pipeline.generate import GenerateConfig, ShardError, generate
 from pipeline.reasoner import load_reasoner
+from pipeline.synthetic import task_record
 from pipeline.train import FINAL_DIR, TrainConfig, check_data, main, run_path, train, train_local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,7 +285,7 @@ def test_shipped_recipe_config_matches_the_shipped_reasoner():
     for key in ("batch_size", "lr", "warmup_steps", "steps", "schedule", "min_lr_ratio", "data", "model",
                 "curriculum", "task", "eval_ks", "grad_clip", "weight_decay", "seed"):
         ours = getattr(cfg, key)
-        ours = ours.__dict__ if hasattr(ours, "__dict__") else ours
+        ours = task_record(ours) if key == "task" else ours.__dict__ if hasattr(ours, "__dict__") else ours
         assert ours == shipped[key], key
     tiny = load_config(TrainConfig, REPO / "configs/train/tiny-cpu.yaml")
     assert tiny.accumulation == 2 and tiny.data != "online" and not tiny.gpu

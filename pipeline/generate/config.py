@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..config import ConfigError, to_dict
-from ..synthetic import TaskSpec
+from ..synthetic import TaskSpec, task_record
 
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 EXECUTORS = ("ray", "local")
@@ -46,6 +46,9 @@ class GenerateConfig:
     def validate(self) -> None:
         if not self.output or not str(self.output).strip():
             raise ConfigError(f"output={self.output!r}: expected a non-empty URI")
+        if self.task.family != "gaussian":
+            raise ConfigError(f"task.family={self.task.family!r}: shards hold the gaussian family only for now; "
+                              "train the embedding family with data=online")
         try:
             self.task.validate()
         except ConfigError:
@@ -93,6 +96,11 @@ FIELD_HELP = {
 }
 
 
+def config_record(cfg: GenerateConfig) -> dict:
+    """The whole config as manifests record it (the task as `task_record` writes it)."""
+    return dict(to_dict(cfg), task=task_record(cfg.task))
+
+
 def data_config(cfg: GenerateConfig) -> dict:
     """The config fields that determine the shard bytes."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_FIELDS}
+    return {k: v for k, v in config_record(cfg).items() if k not in RUNTIME_FIELDS}

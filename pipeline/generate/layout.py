@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import config_digest
-from ..synthetic import Episodes, TaskSpec, sample_episodes_np
+from ..synthetic import Episodes, TaskSpec, sample_episodes_np, task_from_record
 
 FORMAT = "tart-episodes"
 FORMAT_VERSION = 1
@@ -75,7 +75,7 @@ def shard_meta(dcfg: dict, i: int, s: int) -> dict[str, str]:
 
 def shard_bytes(dcfg: dict, i: int) -> tuple[bytes, int]:
     """Serialise shard i of the data config `dcfg` -> (Parquet bytes, rows). Pure function."""
-    spec = TaskSpec(**dcfg["task"])
+    spec = task_from_record(dcfg["task"])
     start, n = shard_bounds(dcfg["episodes"], dcfg["shards"], i)
     ep = sample_episodes_np(spec, n, np.random.default_rng([dcfg["seed"], i]))
     table = episodes_table(ep, start, spec, shard_meta(dcfg, i, dcfg["shards"]))

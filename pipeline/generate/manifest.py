@@ -16,7 +16,6 @@ It is rewritten atomically (`storage.write_json_atomic`) every time it changes.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import sys
 
@@ -24,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from .. import storage
-from ..config import to_dict
-from .config import GenerateConfig, ShardError
+from ..synthetic import task_record
+from .config import GenerateConfig, ShardError, config_record
 from .layout import FORMAT, FORMAT_VERSION, MANIFEST, episode_schema
 
 SHARD_KEYS = ("index", "name", "rows", "episode_start", "bytes", "sha256")  # one shard's record
@@ -68,8 +67,8 @@ def new_manifest(cfg: GenerateConfig, dcfg: dict, digest: str, created: str) -> 
     """An incomplete manifest with no shards yet."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
-        "config": to_dict(cfg), "data_config": dcfg, "digest": digest,
-        "task": dataclasses.asdict(cfg.task), "episodes": cfg.episodes, "num_shards": cfg.shards,
+        "config": config_record(cfg), "data_config": dcfg, "digest": digest,
+        "task": task_record(cfg.task), "episodes": cfg.episodes, "num_shards": cfg.shards,
         "schema": episode_schema(cfg.task.d, cfg.task.points).to_string(show_schema_metadata=False),
         "created": created, "code_version": code_version(), "shards": [],
     }

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..synthetic import Episodes, TaskSpec
+from ..synthetic import Episodes, TaskSpec, task_from_record
 from .config import ShardError
 from .layout import FORMAT, MANIFEST, episode_schema
 from .manifest import load_manifest
@@ -113,7 +113,7 @@ def iter_shards(uri: str, verify: bool = True, storage_options: dict | None = No
     """Yield (manifest shard record, Episodes) per shard, in shard order, validating each."""
     man = read_manifest(uri, storage_options)
     fs, base = storage.resolve(uri, storage_options)
-    spec = TaskSpec(**man["task"])
+    spec = task_from_record(man["task"])
     for rec in shard_records(man, uri):
         yield rec, _table_to_episodes(_read_shard(fs, base, uri, rec, man, verify), spec)
 
@@ -123,4 +123,4 @@ def read_episodes(uri: str, verify: bool = True, storage_options: dict | None = 
     man = read_manifest(uri, storage_options)
     parts = [ep for _, ep in iter_shards(uri, verify, storage_options)]
     cat = lambda a: np.concatenate([getattr(e, a) for e in parts])  # noqa: E731
-    return Episodes(w=cat("w"), x=cat("x"), u=cat("u"), scale=cat("scale")), TaskSpec(**man["task"])
+    return Episodes(w=cat("w"), x=cat("x"), u=cat("u"), scale=cat("scale")), task_from_record(man["task"])

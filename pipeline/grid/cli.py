@@ -23,7 +23,7 @@ FIELD_HELP = {
     "datasets": "names, or {name, options} mappings",
     "backbones": "registered names, HF ids or local folders",
     "methods": "from pipeline.methods (tart, lr_probe, lr_full, icl)",
-    "reasoners": '"default" (the shipped one), checkpoint dirs, or models:/NAME@ALIAS | models:/NAME/VERSION '
+    "reasoners": '"default" (the shipped default), v1 | v2 (shipped by name), checkpoint dirs, or models:/NAME@ALIAS | models:/NAME/VERSION '
                  "(the grid's MLflow registry, resolved once per launch)",
     "protocols": "stream | vanilla | loo (vanilla/loo: causal LMs only)",
     "test_size": "balanced test subsample per dataset",

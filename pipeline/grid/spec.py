@@ -7,7 +7,7 @@ validates the whole grid first and reports every problem at once (`GridError`), 
 work; what a method needs (a reasoner, a causal backbone, k above its PCA size) comes from
 the method registry (`pipeline.methods`).
 
-Reasoners are "default" (the shipped one), checkpoint folders, or model registry references
+Reasoners are "default" (the shipped default), shipped names ("v1", "v2"), checkpoint folders, or model registry references
 (`models:/NAME@ALIAS`, `models:/NAME/VERSION`). A reference is resolved once per expansion
 (`expand_grid`; a launch expands once) to the version it names and a local copy
 (`pipeline.registry`); its cells record the pinned version (`models:/NAME/VERSION`) and, like
@@ -172,10 +172,11 @@ def cell_dtype(dtype: str, gpus: float) -> str:
 
 
 def reasoner_dir(ref: str) -> Path:
-    """The folder of a folder reasoner ("default": the shipped one); registry ones: `reasoner_folder`."""
-    from ..reasoner import default_checkpoint_dir  # pipeline.reasoner imports torch (~3 s): only when asked
+    """The folder of a folder reasoner ("default", or a shipped name such as "v1" / "v2", or a
+    checkpoint folder); registry ones: `reasoner_folder`."""
+    from ..reasoner import shipped_dir  # pipeline.reasoner imports torch (~3 s): only when asked
 
-    return default_checkpoint_dir() if ref == "default" else Path(ref)
+    return shipped_dir(ref)
 
 
 def reasoner_digest(ref: str) -> str:

@@ -72,6 +72,7 @@ class TrainConfig:
     verify_data: bool = True  # sha256 every shard on the driver before training (data=<shard URI>)
     fail_at_step: Optional[int] = None  # fault injection for tests: the worker dies once at this step
     time_budget_s: float = 0.0  # > 0: stop (with a final checkpoint) once this much wall time is spent
+    init_from: Optional[str] = None  # start from these weights (a shipped name such as v1, or a folder)
 
     def validate(self) -> None:
         """Apply the `size` preset, then check every field in turn; ConfigError names the first bad one."""
@@ -85,6 +86,13 @@ class TrainConfig:
             raise ConfigError(f"task.d={self.task.d} must equal model.d={self.model.d}")
         if self.task.points > self.model.max_points and self.data == "online":
             raise ConfigError(f"task.points={self.task.points} exceeds model.max_points={self.model.max_points}")
+        if self.task.family == "embedding":
+            if self.data != "online":
+                raise ConfigError(f"task.family=embedding trains on online episodes only; got data={self.data!r}")
+            bad = [k for k in self.eval_ks if not self.task.prior.k_min <= k <= self.task.max_k]
+            if bad:
+                raise ConfigError(f"eval_ks {bad}: the embedding family trains contexts k_min="
+                                  f"{self.task.prior.k_min}..{self.task.max_k} (points - queries)")
         for name in ("steps", "batch_size", "workers", "checkpoint_every", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected >= 1")
@@ -157,4 +165,17 @@ FIELD_HELP = {
     "keep_checkpoints": "newest checkpoints kept in storage", "verify_data": "sha256 every shard before training",
     "fail_at_step": "fault injection for tests: a worker dies once at this step (marker in the run dir)",
     "time_budget_s": "> 0: stop with a final checkpoint after this many seconds",
+    "init_from": "start from these weights: a shipped reasoner name (v1, v2) or a checkpoint folder "
+                 "(fine-tuning; the model shape must match)",
+    "task.family": "online data: gaussian (the paper's task, v1) | embedding (shaped like whitened embeddings, v2)",
+    "task.prior.raw_dims": "embedding family: x drawn in this many dims, PCA-whitened to d on the context",
+    "task.prior.signal_min": "embedding family: logit std, log-uniform from ...",
+    "task.prior.signal_max": "... to this",
+    "task.prior.decay_max": "embedding family: w_j ~ N(0, (j+1)^-2a), a ~ U[0, decay_max]",
+    "task.prior.spectrum_max": "embedding family: raw variance of coordinate j ~ (j+1)^-b, b ~ U[0, spectrum_max]",
+    "task.prior.flip_max": "embedding family: label-flip rate ~ U[0, flip_max]",
+    "task.prior.heavy_tail": "embedding family: share of episodes with multivariate-t x",
+    "task.prior.clusters": "embedding family: share of episodes with clustered x",
+    "task.prior.k_min": "embedding family: smallest context trained (k ~ U{k_min..points-queries} per step)",
+    "task.prior.queries": "embedding family: query points after the context (the loss is on them)",
 }

@@ -21,7 +21,7 @@ import torch
 from .. import storage
 from ..config import ConfigError
 from ..generate import check_shard_file, read_episodes, read_manifest, shard_records
-from ..synthetic import TaskSpec, sample_episodes_torch
+from ..synthetic import TaskSpec, embedding_batch, sample_episodes_torch
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ class OnlineEpisodes:
     def batch(self, step: int, rank: int, micro: int, n: int):
         self.gen.manual_seed(hash((self.seed, step, rank, micro)) & 0x7FFF_FFFF_FFFF_FFFF)
         return sample_episodes_torch(self.task, n, self.gen, self.device)
+
+    def embedding_batch(self, step: int, rank: int, micro: int, n: int, k: int):
+        """The embedding family's batch of (step, rank, micro) at context size k (whitened)."""
+        self.gen.manual_seed(hash((self.seed, step, rank, micro)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return embedding_batch(self.task, n, k, self.gen, self.device)
 
 
 class ShardEpisodes:

@@ -25,8 +25,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigError
 from ..reasoner import ReasonerModel
-from ..synthetic import TaskSpec, apply_curriculum, sample_episodes_torch
+from ..synthetic import TaskSpec, apply_curriculum, context_size, embedding_batch, sample_episodes_torch
 from .checkpoint import restore_checkpoint, write_checkpoint
 from .config import TrainConfig
 from .data import episode_source
@@ -59,6 +60,16 @@ def synthetic_accuracy(model: ReasonerModel, task: TaskSpec, ks: list[int], n: i
     """Query accuracy on held-out full-dim episodes (fixed seed), one query per episode at each k."""
     gen = torch.Generator(device=device)
     gen.manual_seed(10_000_019 + seed)
+    if task.family == "embedding":  # every query of each episode, whitened on its context of k
+        was_training = model.training
+        model.eval()
+        out = {}
+        for k in ks:
+            xc, yc, xq, yq = embedding_batch(task, n, k, gen, device)
+            logits = model.query_logits(xc, yc, xq).float()
+            out[f"synthetic_acc_k{k}"] = ((logits > 0).float() == yq).float().mean().item()
+        model.train(was_training)
+        return out
     spec = TaskSpec(task.d, max(ks) + 1, task.weight_multiplier, task.variable_multiplier)
     w, x, u = sample_episodes_torch(spec, n, gen, device)
     x, y = apply_curriculum(w, x, u, spec.d, spec.points)
@@ -98,6 +109,14 @@ def _build(cfg: TrainConfig, ctx: LoopContext):
         start_step, history = restore_checkpoint(ctx.restore_dir, model, opt)
         if ctx.rank == 0:
             print(f"[train] resuming from checkpoint at step {start_step} ({ctx.restore_dir})", flush=True)
+    elif cfg.init_from:  # fine-tuning: the weights of another reasoner, a fresh optimizer
+        from ..reasoner import load_model, shipped_dir
+        init = load_model(shipped_dir(cfg.init_from), device=str(ctx.device))
+        if init.cfg != model.cfg:
+            raise ConfigError(f"init_from={cfg.init_from!r}: its reasoner {init.cfg} does not match model={model.cfg}")
+        model.load_state_dict(init.state_dict(), strict=True)
+        if ctx.rank == 0:
+            print(f"[train] starting from the weights of {cfg.init_from}", flush=True)
     return model, opt, start_step, history
 
 
@@ -120,17 +139,23 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
     for m in range(accum):
         # DDP: all-reduce gradients once per optimizer step, not once per micro-batch
         sync = contextlib.nullcontext() if m == accum - 1 or not hasattr(net, "no_sync") else net.no_sync()
-        if cfg.data == "online":
-            w, x, u = source.batch(step, ctx.rank, m, micro)
+        n_context = None
+        if cfg.task.family == "embedding":  # whitened on a context of `points` pairs, loss on the queries
+            xc, yc, xq, yq = source.embedding_batch(step, ctx.rank, m, micro, points)
+            xb, yb, n_context, target = torch.cat([xc, xq], 1), torch.cat([yc, yq], 1), points, yq
         else:
-            w, x, u = source.batch(step, ctx.rank, m, micro, cfg.batch_size, per_worker)
-        xb, yb = apply_curriculum(w, x, u, dims, points)
-        if xb.shape[2] < cfg.model.d:
-            xb = F.pad(xb, (0, cfg.model.d - xb.shape[2]))
+            if cfg.data == "online":
+                w, x, u = source.batch(step, ctx.rank, m, micro)
+            else:
+                w, x, u = source.batch(step, ctx.rank, m, micro, cfg.batch_size, per_worker)
+            xb, yb = apply_curriculum(w, x, u, dims, points)
+            if xb.shape[2] < cfg.model.d:
+                xb = F.pad(xb, (0, cfg.model.d - xb.shape[2]))
+            target = yb
         with sync:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits = net(xb, yb)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), yb) / accum
+                logits = net(xb, yb, n_context)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target) / accum
             loss.backward()
         losses.append(loss.item())
     return losses
@@ -176,7 +201,10 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
     for step in range(start_step, cfg.steps):
         _inject_failure(cfg, step, fault_marker)
         # 1. one optimizer step on the curriculum's (dims, points)
-        dims, points = cfg.curriculum.at(step, task.d, task.points)
+        if task.family == "embedding":  # no curriculum: all dims, a context size drawn per step
+            dims, points = task.d, context_size(task, cfg.seed, step)
+        else:
+            dims, points = cfg.curriculum.at(step, task.d, task.points)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,138 @@
+"""The embedding task family (reasoner v2's training prior) and shipped reasoners by name.
+
+What is pinned here: the training-time whitening is the composition's whitening
+(`methods.fit_whitening`) to float64 precision, so the reasoner trains on exactly the
+features it is later given; the family's knobs do what they say (signal and flip rate move
+the Bayes-attainable accuracy); gaussian (v1) records and shard bytes are unchanged; and a
+fine-tune from v1 starts from v1's weights and records its family in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ConfigError, load_config
+from pipeline.generate import GenerateConfig
+from pipeline.methods import fit_whitening
+from pipeline.reasoner import ReasonerError, load_reasoner, shipped_dir
+from pipeline.synthetic import (EmbeddingPrior, TaskSpec, context_size, embedding_batch,
+                                sample_embedding_episodes_torch, task_from_record, task_record,
+                                whiten_context_torch)
+from pipeline.train import TrainConfig, train_local
+
+
+def _spec(**prior) -> TaskSpec:
+    spec = TaskSpec(d=16, points=96, family="embedding", prior=EmbeddingPrior(**prior))
+    spec.validate()
+    return spec
+
+
+@pytest.mark.parametrize("k,raw_dims", [(17, 32), (40, 32), (64, 16), (12, 32)])
+def test_training_whitening_is_the_compositions_whitening(k, raw_dims):
+    spec = _spec(raw_dims=raw_dims)
+    g = torch.Generator().manual_seed(k)
+    x, _ = sample_embedding_episodes_torch(spec, 6, g, points=k + 9)
+    x = x.double()
+    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], 16)
+    assert zc.shape == (6, k, 16) and zq.shape == (6, 9, 16)
+    for i in range(6):
+        w = fit_whitening(x[i, :k].numpy(), d=16, allow_small_k=k <= 16)
+        np.testing.assert_allclose(zc[i].numpy(), w.transform(x[i, :k].numpy()), atol=1e-9)
+        np.testing.assert_allclose(zq[i].numpy(), w.transform(x[i, k:].numpy()), atol=1e-9)
+
+
+def _lr_accuracy(spec: TaskSpec, seed: int) -> float:
+    """Logistic regression fit on 200 points of each episode, scored on 200 more: how much of the
+    episode's label is predictable from x."""
+    from sklearn.linear_model import LogisticRegression
+
+    g = torch.Generator().manual_seed(seed)
+    xc, yc, xq, yq = embedding_batch(spec, 40, 200, g)
+    acc = []
+    for i in range(40):
+        if len(set(yc[i].tolist())) < 2:
+            continue
+        clf = LogisticRegression(C=10.0, max_iter=2000).fit(xc[i].numpy(), yc[i].numpy())
+        acc.append((clf.predict(xq[i].numpy()) == yq[i].numpy()).mean())
+    return float(np.mean(acc))
+
+
+def test_signal_and_flip_rate_move_the_attainable_accuracy():
+    points = dict(points=232)
+    strong = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=20, signal_max=20, flip_max=0.0,
+                                                                     queries=32), **points)
+    weak = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=0.3, signal_max=0.3, flip_max=0.0,
+                                                                   queries=32), **points)
+    noisy = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=20, signal_max=20, flip_max=0.45,
+                                                                    queries=32), **points)
+    a_strong, a_weak, a_noisy = (_lr_accuracy(s, 0) for s in (strong, weak, noisy))
+    assert a_strong > 0.85, a_strong
+    assert a_weak < 0.65, a_weak
+    assert a_noisy < a_strong - 0.1, (a_noisy, a_strong)
+
+
+def test_context_sizes_cover_the_range_and_are_a_function_of_step():
+    spec = _spec()
+    ks = [context_size(spec, 0, s) for s in range(400)]
+    assert min(ks) == 17 and max(ks) == spec.max_k == 64
+    assert ks == [context_size(spec, 0, s) for s in range(400)]
+
+
+def test_gaussian_records_are_as_before_families_and_embedding_round_trips():
+    assert task_record(TaskSpec()) == {"d": 16, "points": 258, "weight_multiplier": 10.0,
+                                       "variable_multiplier": False}
+    spec = _spec(flip_max=0.1)
+    assert task_from_record(json.loads(json.dumps(task_record(spec)))) == spec
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["task.family=bogus"], "family='bogus'"),
+    (["task.family=embedding", "task.points=96", "data=/tmp/shards"], "online episodes only"),
+    (["task.family=embedding", "task.points=96", "eval_ks=[8]"], "eval_ks [8]"),
+    (["task.family=embedding", "task.points=40", "task.prior.k_min=17"], "k_min=17"),
+    (["task.family=embedding", "task.points=96", "task.prior.raw_dims=8"], "raw_dims=8"),
+    (["task.family=embedding", "task.points=96", "task.prior.flip_max=0.5"], "flip_max=0.5"),
+])
+def test_bad_family_configs_are_rejected_before_work(overrides, needle):
+    with pytest.raises(ValueError) as e:
+        load_config(TrainConfig, None, ["eval_ks=[18,32]", *overrides])
+    assert needle in str(e.value)
+
+
+def test_shards_refuse_the_embedding_family_with_a_clear_error():
+    with pytest.raises(ConfigError, match="train the embedding family with data=online"):
+        load_config(GenerateConfig, None, ["task.family=embedding", "task.points=96"])
+
+
+def test_fine_tune_from_v1_starts_at_v1_and_records_its_family(tmp_path):
+    overrides = ["size=medium", "task.family=embedding", "task.points=50", "task.prior.queries=8",
+                 "init_from=v1", "steps=2", "batch_size=4", "lr=1e-12", "warmup_steps=1", "eval_every=2",
+                 "eval_ks=[18]", "eval_episodes=8", "checkpoint_every=2", "log_every=1"]
+    cfg = load_config(TrainConfig, None, overrides)
+    train_local(cfg, str(tmp_path / "run"))
+    ckpt = sorted((tmp_path / "run").glob("checkpoint_*"))[-1]
+    meta = json.loads((ckpt / "config.json").read_text())
+    assert meta["train_config"]["task"]["family"] == "embedding"
+    assert meta["train_config"]["init_from"] == "v1"
+    v1, tuned = load_reasoner("v1"), load_reasoner(ckpt)
+    # lr 1e-12 for two steps: the weights are v1's to float precision
+    for (name, a), b in zip(v1.model.state_dict().items(), tuned.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_init_from_a_reasoner_of_another_shape_is_refused(tmp_path):
+    cfg = load_config(TrainConfig, None, ["size=tiny", "task.points=34", "model.max_points=34", "eval_ks=[8]",
+                                          "init_from=v1", "steps=1", "batch_size=2"])
+    with pytest.raises(ConfigError, match="does not match"):
+        train_local(cfg, str(tmp_path / "run"))
+
+
+def test_shipped_reasoners_by_name():
+    assert load_reasoner("v1").meta == load_reasoner().meta == load_reasoner("default").meta
+    assert shipped_dir("v1").name == "reasoner"
+    with pytest.raises(ReasonerError, match="does not exist"):
+        load_reasoner("/no/such/reasoner")
