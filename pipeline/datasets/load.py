@@ -43,7 +43,8 @@ def load_dataset_spec(name: str | DatasetSpec, **opts: Any) -> DatasetSpec:
         base = dict(b.defaults)
         if "positive_class" in opts and "negative_class" not in opts and b.pair_task:
             base.pop("negative_class", None)  # one-vs-rest
-            base.pop("label_names", None)
+        if {"positive_class", "negative_class"} & set(opts):
+            base.pop("label_names", None)  # the default pair's words do not name another pair
         base.update(opts)
         spec = DatasetSpec(name=name, source="builtin", modality=b.modality, **base)
     elif os.path.isdir(name):  # a local folder of train/test files: `datasets` infers the splits
