@@ -39,8 +39,10 @@ class EmbeddingPrior:
     raw_dims: int = 32  # x drawn in this many dims, then PCA-whitened to d on the context (>= d)
     signal_min: float = 0.5  # std of the logit x . w, drawn log-uniform in [signal_min, signal_max]
     signal_max: float = 20.0
-    decay_max: float = 1.5  # w_j ~ N(0, (j+1)^-2a), a ~ U[0, decay_max]: weight on the leading coordinates
-    spectrum_max: float = 1.5  # variance of raw coordinate j ~ (j+1)^-b, b ~ U[0, spectrum_max]
+    decay_min: float = 0.0  # w_j ~ N(0, (j+1)^-2a), a ~ U[decay_min, decay_max]: weight on the leading coordinates
+    decay_max: float = 1.5
+    spectrum_min: float = 0.0  # variance of raw coordinate j ~ (j+1)^-b, b ~ U[spectrum_min, spectrum_max]
+    spectrum_max: float = 1.5
     flip_max: float = 0.2  # label-flip rate ~ U[0, flip_max]
     heavy_tail: float = 0.25  # share of episodes with multivariate-t x (dof ~ U[2.5, 10])
     clusters: float = 0.25  # share of episodes whose x is a mixture of 2-6 Gaussian clusters
@@ -52,9 +54,9 @@ class EmbeddingPrior:
             raise ValueError(f"prior.raw_dims={self.raw_dims}: expected >= d={d} (the PCA keeps d of them)")
         if not 0 < self.signal_min <= self.signal_max:
             raise ValueError(f"prior.signal_min={self.signal_min}, signal_max={self.signal_max}: expected 0 < min <= max")
-        for name in ("decay_max", "spectrum_max"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"prior.{name}={getattr(self, name)}: expected >= 0")
+        for lo, hi in (("decay_min", "decay_max"), ("spectrum_min", "spectrum_max")):
+            if not 0 <= getattr(self, lo) <= getattr(self, hi):
+                raise ValueError(f"prior.{lo}={getattr(self, lo)}, {hi}={getattr(self, hi)}: expected 0 <= min <= max")
         if not 0 <= self.flip_max < 0.5:
             raise ValueError(f"prior.flip_max={self.flip_max}: expected 0 <= flip_max < 0.5")
         for name in ("heavy_tail", "clusters"):
@@ -191,7 +193,7 @@ def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generato
     unif = lambda *shape: torch.rand(*shape, generator=gen, device=device)
     normal = lambda *shape: torch.randn(*shape, generator=gen, device=device)
     j = torch.arange(1, D + 1, device=device, dtype=torch.float32)
-    sd = j.pow(-unif(n, 1) * p.spectrum_max / 2)  # (n, D): coordinate j's std, decaying with j
+    sd = j.pow(-(p.spectrum_min + unif(n, 1) * (p.spectrum_max - p.spectrum_min)) / 2)  # (n, D): std of coordinate j
     z = normal(n, P, D)
     # heavy tails: multivariate t, one chi-square scale per point (integer dof 3..10)
     dof = 3 + (unif(n, 1) * 8).floor()  # (n, 1)
@@ -206,7 +208,7 @@ def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generato
     clustered = (unif(n, 1, 1) < p.clusters).float()
     x = (z + clustered * torch.gather(centres, 1, which[:, :, None].expand(n, P, D))) * sd[:, None, :]
     # the task: weight decaying over the coordinates, scaled to the episode's signal
-    w = normal(n, D) * j.pow(-unif(n, 1) * p.decay_max)
+    w = normal(n, D) * j.pow(-(p.decay_min + unif(n, 1) * (p.decay_max - p.decay_min)))
     logit = torch.einsum("npd,nd->np", x, w)
     logit = logit - logit.mean(1, keepdim=True)
     lo, hi = math.log(p.signal_min), math.log(p.signal_max)

@@ -59,11 +59,62 @@ def evaluate(
     return results
 
 
+# Named slices of the embedding family (its prior narrowed one knob at a time): the oracle LR's
+# C is chosen in hindsight per slice and k, the best any fixed-C probe could do on it.
+FAMILY_SLICES = {
+    "family": {},  # the whole prior, as trained
+    "weak signal": {"signal_min": 0.5, "signal_max": 2.0},
+    "strong signal": {"signal_min": 8.0, "signal_max": 20.0},
+    "noisy labels": {"flip_max": 0.2, "signal_min": 3.0},
+    "heavy tails": {"heavy_tail": 1.0, "clusters": 0.0},
+    "clusters": {"clusters": 1.0, "heavy_tail": 0.0},
+}
+ORACLE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def evaluate_family(reasoner: Reasoner, task: TaskSpec, ks=(18, 32, 64), episodes: int = 200,
+                    seed: int = 12345, slices: dict | None = None) -> dict:
+    """Accuracy on held-out episodes of the embedding family (whitened on each context as the
+    composition does), per slice and k: the reasoner, LR at C=1 (what lr_probe does) and the
+    oracle LR (the best C of ORACLE_CS for that slice and k, chosen in hindsight)."""
+    import dataclasses
+
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from .synthetic import embedding_batch
+
+    out = {}
+    for name, knobs in (slices or FAMILY_SLICES).items():
+        spec = dataclasses.replace(task, prior=dataclasses.replace(task.prior, **knobs))
+        for k in ks:
+            gen = torch.Generator().manual_seed(seed + k)
+            xc, yc, xq, yq = (t.numpy() for t in embedding_batch(spec, episodes, k, gen))
+            p = reasoner.predict_proba(xc, yc, xq)
+            row = {"reasoner": float(((p >= 0.5) == yq).mean())}
+            for C in ORACLE_CS:
+                correct = 0
+                for i in range(episodes):
+                    if yc[i].min() == yc[i].max():
+                        pred = np.full(yq.shape[1], yc[i, 0])
+                    else:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            pred = LogisticRegression(C=C, max_iter=1000).fit(xc[i], yc[i]).predict(xq[i])
+                    correct += int((pred == yq[i]).sum())
+                row[f"lr_C{C:g}"] = correct / yq.size
+            row["oracle_lr"] = max(row[f"lr_C{C:g}"] for C in ORACLE_CS)
+            out[f"{name} k={k}"] = {"reasoner": row["reasoner"], "lr_C1": row["lr_C1"], "oracle_lr": row["oracle_lr"],
+                                    "oracle_C": max(ORACLE_CS, key=lambda C: row[f"lr_C{C:g}"])}
+    return out
+
+
 def format_table(results: dict) -> str:
     cols = list(next(iter(results.values())).keys())
     lines = ["| k | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for k, row in results.items():
-        lines.append(f"| {k} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+        lines.append(f"| {k} | " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else f"{row[c]}"
+                                              for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -76,10 +127,13 @@ class SyntheticEvalConfig:
     seed: int = 12345
     device: str = "cpu"
     json: Optional[str] = None  # also write the results here
+    family: str = "gaussian"  # gaussian (v1's task) | embedding (v2's, per slice, with an oracle LR)
 
     def validate(self) -> None:
         if not self.ks or any(k < 2 for k in self.ks):
             raise ConfigError(f"ks={self.ks}: expected a non-empty list of k >= 2")
+        if self.family not in ("gaussian", "embedding"):
+            raise ConfigError(f"family={self.family!r}: expected gaussian or embedding")
         if self.episodes < 1 or self.queries < 1:
             raise ConfigError(f"episodes={self.episodes}, queries={self.queries}: expected >= 1")
 
@@ -92,6 +146,8 @@ FIELD_HELP = {
     "seed": "episodes are drawn from this seed",
     "device": "cpu | cuda",
     "json": "also write the results to this JSON file",
+    "family": "gaussian (v1's task, next to LR and Bayes) | embedding (v2's family, per slice, next to LR at C=1 "
+              "and an oracle LR with the best C in hindsight)",
 }
 
 
@@ -109,7 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ReasonerError, OSError) as e:
         print(f"tart eval-synthetic: error: {e}", file=sys.stderr)
         return 2
-    res = evaluate(r, cfg.ks, cfg.episodes, cfg.queries, cfg.seed)
+    if cfg.family == "embedding":
+        res = evaluate_family(r, TaskSpec(d=r.d, points=max(cfg.ks) + 32, family="embedding"), cfg.ks,
+                              cfg.episodes, cfg.seed)
+    else:
+        res = evaluate(r, cfg.ks, cfg.episodes, cfg.queries, cfg.seed)
     print(format_table(res))
     if cfg.json:
         with open(cfg.json, "w") as f:
