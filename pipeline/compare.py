@@ -13,6 +13,7 @@ also logged as artifacts to an MLflow run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -63,8 +64,8 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
         for cell_id, k in decode_cells(run.get(f"tags.{TAG_CELLS}")).items():
             rows.append({
                 "grid": run.get(f"tags.{TAG_GRID}"), "cell_id": cell_id,
-                **{c: run.get(f"params.{c}") for c in ("dataset", "backbone", "protocol", "method", "reasoner",
-                                                       "reasoner_digest")},
+                **{c: run.get(f"params.{c}") for c in ("dataset", "dataset_options", "backbone", "protocol", "method",
+                                                       "reasoner", "reasoner_digest")},
                 "k": k, "seed": int(run["params.seed"]),
                 **{m: run.get(f"metrics.{flat_metric(m, k)}", np.nan) for m in QUALITY_METRICS},
             })
@@ -73,7 +74,38 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
         return df
     if grids:
         df = df[df["grid"].isin(grids)]
-    return df.drop_duplicates("cell_id")
+    df = df.drop_duplicates("cell_id")
+    return df.assign(dataset=dataset_labels(df))
+
+
+SIZE_OPTIONS = ("test_size", "train_size")  # set grid-wide: they make another test set, not another task
+
+
+def dataset_labels(df: pd.DataFrame) -> pd.Series:
+    """Per row, the dataset as tables name it: its name, plus the options that tell apart the tasks
+    of one dataset in the frame (e.g. two newsgroups pairs: `newsgroups[positive_class=rec.autos]`),
+    so that different tasks are never averaged into one row."""
+    if "dataset_options" not in df:
+        return df["dataset"]
+
+    def task_options(raw: Any) -> dict:
+        try:
+            opts = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except json.JSONDecodeError:
+            opts = {}
+        return {k: v for k, v in opts.items() if k not in SIZE_OPTIONS}
+
+    opts = df["dataset_options"].map(task_options)
+    labels = df["dataset"].astype(str).copy()
+    for name in labels.unique():
+        rows = labels == name
+        seen = opts[rows]
+        keys = sorted({k for o in seen for k in o})
+        differing = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in seen}) > 1]
+        if differing:  # the dataset's defaults (no such option) keep the plain name
+            parts = [[f"{k}={o[k]}" for k in differing if o.get(k) is not None] for o in seen]
+            labels[rows] = [f"{name}[{','.join(p)}]" if p else name for p in parts]
+    return labels
 
 
 REGISTRY_PREFIX = "models:/"  # a registry reasoner's cells record models:/NAME/VERSION
@@ -220,6 +252,7 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
     `spec` is the grid's (name, storage, experiment); `summary` what `run_grid` returned.
     """
     df = table.assign(grid=spec.name)
+    df = df.assign(dataset=dataset_labels(df))
     local = "://" not in spec.storage or spec.storage.startswith("file://")
     out_dir = Path(join(join(spec.storage, spec.name), "compare")) if local else Path("tart_runs/compare") / spec.name
     rep = report(df, out_dir)

@@ -30,3 +30,25 @@ def test_gain_with_one_reasoner_is_labelled_tart(tmp_path):
     assert list(g["tart"]) == ["tart"] and abs(g["mean"].iloc[0] - 0.1) < 1e-9
     assert gains(df, "icl").empty  # nothing to pair with
     assert "Average gain of tart over lr_probe: **+0.100**" in report(df, tmp_path)["markdown"]
+
+
+def test_tasks_of_one_dataset_are_never_averaged_into_one_row(tmp_path):
+    import json
+
+    from pipeline.compare import dataset_labels, summarize
+
+    def task(rows, **opts):
+        return [dict(r, dataset_options=json.dumps({"test_size": 300, **opts}, sort_keys=True)) for r in rows]
+
+    rows = (task(_rows("lr_probe", [0.9, 0.9]))  # the default pair: no class options
+            + task([dict(r, cell_id=r["cell_id"] + "-autos") for r in _rows("lr_probe", [0.5, 0.5])],
+                   positive_class="rec.autos", negative_class="rec.motorcycles"))
+    df = pd.DataFrame(rows)
+    labels = dataset_labels(df)
+    assert set(labels) == {"sms_spam", "sms_spam[negative_class=rec.motorcycles,positive_class=rec.autos]"}
+    s = summarize(df.assign(dataset=labels)).set_index("dataset")["mean"]
+    assert s["sms_spam"] == 0.9 and s["sms_spam[negative_class=rec.motorcycles,positive_class=rec.autos]"] == 0.5
+    # a grid-wide size option alone does not split a dataset (another test set, the same task)
+    sizes = pd.DataFrame(task(_rows("lr_probe", [0.9]), ) + task(
+        [dict(r, cell_id="x") for r in _rows("lr_probe", [0.9])], test_size=100))
+    assert set(dataset_labels(sizes)) == {"sms_spam"}
