@@ -1,7 +1,7 @@
-"""`TartClassifier`: TART as a scikit-learn style few-shot classifier.
+"""`TartClassifier`: TART as a scikit-learn few-shot classifier.
 
     clf = TartClassifier(backbone="minilm-l6").fit(texts_k, labels_k)   # k labelled examples
-    clf.predict_proba(texts)  # (n, 2), columns in the order of clf.classes_
+    clf.predict_proba(texts)  # (n, C), columns in the order of clf.classes_
     clf.predict(texts)        # labels drawn from clf.classes_
 
 `fit` does no training: it embeds the k examples with the frozen backbone, fits the
@@ -9,14 +9,24 @@ PCA + whitening on them (`pipeline.methods.fit_whitening`) and keeps them as the
 reasoner's context. `predict_proba` embeds the queries, whitens them with the same
 map and answers all of them in one batched reasoner call.
 
+Classes: any labels sklearn accepts (`classes_` is their sorted array). Two classes: the
+reasoner sees classes_[1] as y=1. C > 2 classes: one-vs-rest composition of the binary
+reasoner (one episode per class, all C in one batched call; the C probabilities
+normalised to sum to 1).
+
 Inputs: those of the backbone's modality (`pipeline.modality`): texts (list of str) for
-text backbones, images (list / array of HxW[xC]) for vision backbones, 16 kHz mono float
-clips for audio backbones, or — with `backbone=None` — a numeric array (n, dim) of
-precomputed embeddings. `backbone` may also be an already loaded `Backbone` object (shared,
-not reloaded). Labels: any two distinct values (str, int, bool, ...); `classes_` is
-their sorted array (as in scikit-learn) and classes_[1] is the "positive" class the
-reasoner sees as y=1. One class only, three or more classes, k <= d or k above the
-reasoner's trained context raise `MethodError` (a ValueError).
+text backbones, images for vision backbones, 16 kHz mono float clips for audio backbones,
+or — with `backbone=None` — a numeric array (n, dim) of precomputed embeddings, validated
+as every scikit-learn estimator validates X (NaN / inf, sparse, complex, empty, 1-D are
+refused with sklearn's messages). `backbone` may also be a loaded `Backbone` object.
+
+k <= d context examples: with `allow_small_k=True` (default) the PCA keeps the k-1
+directions the context has and the rest are zero (what the reasoner saw for inactive
+coordinates in its curriculum); False makes it an error, as the grid's tart cells do.
+
+Cheap to copy: `clone` (hence GridSearchCV and friends) shares loaded backbones and
+reasoners instead of copying or reloading them (process-wide caches by name), and a
+fitted classifier pickles without the backbone and reasoner weights (reloaded on first use).
 """
 
 from __future__ import annotations
@@ -28,69 +38,88 @@ import numpy as np
 from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening, get_method
 from pipeline.modality import BACKBONE_KIND_MODALITY, adapter
 
-try:  # scikit-learn gives get_params/set_params/clone and `score` (accuracy)
+try:  # scikit-learn gives get_params/set_params/clone, `score`, input validation and tags
     from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 except ImportError:  # pragma: no cover - scikit-learn is a dependency
-    BaseEstimator, ClassifierMixin = object, object
+    raise
+
+# Loaded once per process and shared by every classifier (and every clone of one).
+_BACKBONES: dict[str, Any] = {}
+_REASONERS: dict[str, Any] = {}
 
 
 class TartClassifier(ClassifierMixin, BaseEstimator):
-    """Few-shot binary classifier: frozen backbone -> PCA/whitening -> pretrained reasoner.
+    """Few-shot classifier: frozen backbone -> PCA/whitening -> pretrained reasoner (no training).
 
-    backbone: registry name / HF id / folder (loaded on first fit), a loaded Backbone,
-        or None for precomputed embeddings.
-    reasoner: a `Reasoner`, a checkpoint directory, or None for the shipped default.
+    backbone: registry name / HF id / folder (loaded on first fit, shared process-wide), a
+        loaded Backbone, or None for precomputed embeddings.
+    reasoner: a shipped name ("v1", "v2"), a checkpoint directory, a `Reasoner`, or None for
+        the shipped default.
     d: PCA dims (<= the reasoner's d; default 16). eps: whitening epsilon.
     embed_batch_size: backbone batch size.
+    allow_small_k: k <= d works with k-1 PCA directions (True) or is an error (False).
     """
 
     def __init__(self, backbone: Any = "minilm-l6", reasoner: Any = None, d: int = 16, eps: float = DEFAULT_EPS,
-                 embed_batch_size: int = 16):
+                 embed_batch_size: int = 16, allow_small_k: bool = True):
         self.backbone = backbone
         self.reasoner = reasoner
         self.d = d
         self.eps = eps
         self.embed_batch_size = embed_batch_size
+        self.allow_small_k = allow_small_k
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        tags.input_tags.allow_nan = False
+        if self.backbone is not None:  # raw inputs of the backbone's modality, not a feature matrix
+            tags.input_tags.two_d_array = False
+            tags.input_tags.string = True
+        return tags
+
+    def __getstate__(self) -> dict:
+        """Pickle without the loaded models: they come back from the process caches on first use."""
+        state = dict(self.__dict__)
+        state.pop("_backbone_obj", None)
+        state.pop("_reasoner_obj", None)
+        return state
 
     # ------------------------------------------------------------------ helpers
 
     def _get_backbone(self) -> Any:
-        if self.backbone is None:
-            return None
-        if not isinstance(self.backbone, str):
+        if self.backbone is None or not isinstance(self.backbone, str):
             return self.backbone
-        cached = getattr(self, "_backbone_obj", None)
-        if cached is None or getattr(self, "_backbone_name", None) != self.backbone:
+        if self.backbone not in _BACKBONES:
             from pipeline.backbones import load_backbone
 
-            self._backbone_obj = load_backbone(self.backbone)
-            self._backbone_name = self.backbone
-        return self._backbone_obj
+            _BACKBONES[self.backbone] = load_backbone(self.backbone)
+        return _BACKBONES[self.backbone]
 
     def _get_reasoner(self) -> Any:
         if self.reasoner is not None and not isinstance(self.reasoner, (str, bytes)) and hasattr(self.reasoner, "predict_proba"):
             return self.reasoner
-        cached = getattr(self, "_reasoner_obj", None)
-        if cached is None or getattr(self, "_reasoner_src", None) != self.reasoner:
+        key = str(self.reasoner)
+        if key not in _REASONERS:
             from pipeline.reasoner import load_reasoner
 
-            self._reasoner_obj = load_reasoner(self.reasoner)
-            self._reasoner_src = self.reasoner
-        return self._reasoner_obj
+            _REASONERS[key] = load_reasoner(self.reasoner)
+        return _REASONERS[key]
 
-    def _embed(self, X: Any) -> np.ndarray:
+    def _validate_embeddings(self, X: Any, reset: bool) -> np.ndarray:
+        """backbone=None: X is a feature matrix, validated as scikit-learn validates one."""
+        if isinstance(X, (list, tuple)) and X and isinstance(X[0], str):
+            raise MethodError("backbone=None expects precomputed embeddings (n, dim), got texts; "
+                              "pass backbone='minilm-l6' (or another) to embed texts")
+        return validate_data(self, X, reset=reset, dtype=np.float64)
+
+    def _embed(self, X: Any, reset: bool) -> np.ndarray:
         bb = self._get_backbone()
         if bb is None:
-            if isinstance(X, (list, tuple)) and X and isinstance(X[0], str):
-                raise MethodError("backbone=None expects precomputed embeddings (n, dim), got texts; "
-                                  "pass backbone='minilm-l6' (or another) to embed texts")
-            try:
-                E = np.asarray(X, dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise MethodError(f"backbone=None expects a numeric array (n, dim) ({e})") from None
-            if E.ndim != 2:
-                raise MethodError(f"backbone=None expects embeddings of shape (n, dim); got {E.shape}")
-            return E
+            return X if reset else self._validate_embeddings(X, reset=False)
         if isinstance(X, str):
             raise MethodError("X must be a sequence of inputs, not a single string; wrap it in a list")
         items = list(X) if not isinstance(X, np.ndarray) else X
@@ -107,49 +136,66 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ sklearn API
 
     def fit(self, X: Any, y: Any) -> "TartClassifier":
+        if y is None:
+            raise ValueError("TartClassifier requires y to be passed, but the target y is None")
         y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
         if y.ndim != 1:
             raise MethodError(f"y must be 1-D (k,); got shape {y.shape}")
-        classes = np.unique(y)
-        if len(classes) != 2:
-            raise MethodError(
-                f"TartClassifier is binary: y must hold exactly 2 distinct labels; got {len(classes)} "
-                f"({classes[:5].tolist()}{' ...' if len(classes) > 5 else ''})"
-            )
-        reasoner = self._get_reasoner()
+        check_classification_targets(y)
+        if self.backbone is None:  # sklearn's validation of a feature matrix, before anything else
+            X = self._validate_embeddings(X, reset=True)
         n = len(X) if hasattr(X, "__len__") else None
         if n is not None and n != len(y):
             raise MethodError(f"X has {n} examples but y has {len(y)} labels")
+        classes, y_index = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise MethodError(f"TartClassifier needs at least 2 classes in y; got {len(classes)} class "
+                              f"({classes.tolist()})")
+        reasoner = self._get_reasoner()
         # what tart needs of k and d lives in the method registry (the grid asks the same)
-        get_method("tart").check_context(len(y), dims=self.d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k)
-        E = self._embed(X)
+        get_method("tart").check_context(len(y), dims=self.d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
+                                         allow_small_k=self.allow_small_k)
+        E = self._embed(X, reset=True)
         if E.shape[0] != len(y):
             raise MethodError(f"X has {E.shape[0]} examples but y has {len(y)} labels")
-        self.whitening_ = fit_whitening(E, d=self.d, eps=self.eps)
+        self.whitening_ = fit_whitening(E, d=self.d, eps=self.eps, allow_small_k=self.allow_small_k)
         self.classes_ = classes
-        self.y_context_ = (y == classes[1]).astype(np.int64)
+        self.y_context_ = y_index.astype(np.int64)
         self.z_context_ = self.whitening_.transform(E).astype(np.float32)
-        self.n_features_in_ = E.shape[1]
+        self.embedding_dim_ = E.shape[1]
         return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "whitening_"):
-            raise MethodError("this TartClassifier is not fitted yet; call fit(X, y) with k labelled examples")
+        try:
+            check_is_fitted(self, "whitening_")
+        except NotFittedError:
+            raise NotFittedError("this TartClassifier is not fitted yet; call fit(X, y) with k labelled examples") from None
 
     def predict_proba(self, X: Any) -> np.ndarray:
         self._check_fitted()
-        E = self._embed(X)
+        E = self._embed(X, reset=False)
+        C = len(self.classes_)
         if E.shape[0] == 0:
-            return np.zeros((0, 2))
-        if E.shape[1] != self.n_features_in_:
-            raise MethodError(f"X has {E.shape[1]} features; the classifier was fitted on {self.n_features_in_}")
+            return np.zeros((0, C))
+        if E.shape[1] != self.embedding_dim_:
+            raise MethodError(f"X has {E.shape[1]} features; the classifier was fitted on {self.embedding_dim_}")
         if not np.isfinite(E).all():
             raise MethodError("X contains NaN or infinite values")
         Zq = self.whitening_.transform(E).astype(np.float32)
-        p1 = self._get_reasoner().predict_proba(self.z_context_[None], self.y_context_[None], Zq[None])[0]
-        p1 = p1.astype(np.float64)
-        return np.stack([1.0 - p1, p1], axis=1)
+        reasoner = self._get_reasoner()
+        if C == 2:
+            p1 = reasoner.predict_proba(self.z_context_[None], self.y_context_[None], Zq[None],
+                                        float64=True)[0].astype(np.float64)
+            return np.stack([1.0 - p1, p1], axis=1)
+        # one-vs-rest: episode c labels class c 1 and the rest 0; the C episodes in one call
+        yc = (self.y_context_[None, :] == np.arange(C)[:, None]).astype(np.int64)
+        p = reasoner.predict_proba(np.repeat(self.z_context_[None], C, 0), yc, np.repeat(Zq[None], C, 0),
+                                   float64=True)
+        p = np.clip(p.T.astype(np.float64), 1e-12, None)
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
-        p = self.predict_proba(X)
-        return self.classes_[(p[:, 1] >= 0.5).astype(np.int64)]
+        self._check_fitted()
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]

@@ -246,10 +246,21 @@ def shipped_dir(name_or_path: str | os.PathLike) -> Path:
 class Reasoner:
     """A trained reasoner behind a numpy API. Use `load_reasoner()` to get one."""
 
-    def __init__(self, model: ReasonerModel, meta: dict | None = None, query_chunk: int = 1024):
+    def __init__(self, model: ReasonerModel, meta: dict | None = None, query_chunk: int = 1024,
+                 source: str | None = None):
         self.model = model.eval()
         self.meta = meta or {}
         self.query_chunk = query_chunk
+        self.source = source  # the checkpoint folder it was loaded from, if any
+
+    def __deepcopy__(self, memo: dict) -> "Reasoner":
+        return self  # frozen weights: copies (sklearn's clone) share them
+
+    def __reduce__(self):
+        """Pickled as "load it again from its folder" when it has one (no weights in the pickle)."""
+        if self.source:
+            return (load_reasoner, (self.source, str(self.device)))
+        return super().__reduce__()
 
     @property
     def d(self) -> int:
@@ -289,21 +300,34 @@ class Reasoner:
             raise ReasonerError("x_context / x_query contain NaN or infinite values")
 
     @torch.no_grad()
-    def predict_proba(self, x_context, y_context, x_query) -> np.ndarray:
-        """P(label = 1) for every query: arrays (B, k, d), (B, k), (B, q, d) -> (B, q)."""
+    def predict_proba(self, x_context, y_context, x_query, float64: bool = False) -> np.ndarray:
+        """P(label = 1) for every query: arrays (B, k, d), (B, k), (B, q, d) -> (B, q).
+
+        float64=True runs a float64 copy of the model (made once): a query's answer then depends
+        on the other queries of the call only at float64 rounding (float32 kernels pick their
+        blocking by shape, which moves answers by ~1e-7)."""
         xc, yc, xq = (np.asarray(a) for a in (x_context, y_context, x_query))
         self._check(xc, yc, xq)
         pad = self.d - xc.shape[2]
         dev = self.device
-        to_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32), device=dev)
+        model = self._float64_model() if float64 else self.model
+        dtype = np.float64 if float64 else np.float32
+        to_t = lambda a: torch.as_tensor(np.asarray(a, dtype=dtype), device=dev)
         xc_t, yc_t, xq_t = to_t(xc), to_t(yc), to_t(xq)
         if pad:  # a smaller d is the trained task with the remaining coordinates at zero
             xc_t, xq_t = F.pad(xc_t, (0, pad)), F.pad(xq_t, (0, pad))
         out = [
-            torch.sigmoid(self.model.query_logits(xc_t, yc_t, xq_t[:, s : s + self.query_chunk]))
+            torch.sigmoid(model.query_logits(xc_t, yc_t, xq_t[:, s : s + self.query_chunk]))
             for s in range(0, xq_t.shape[1], self.query_chunk)
         ]
-        return torch.cat(out, dim=1).float().cpu().numpy()
+        return torch.cat(out, dim=1).cpu().numpy().astype(dtype, copy=False)
+
+    def _float64_model(self) -> ReasonerModel:
+        if getattr(self, "_model64", None) is None:
+            import copy
+
+            self._model64 = copy.deepcopy(self.model).double().eval()
+        return self._model64
 
     def predict(self, x_context, y_context, x_query) -> np.ndarray:
         return (self.predict_proba(x_context, y_context, x_query) >= 0.5).astype(np.int64)
@@ -315,4 +339,5 @@ def load_reasoner(path: str | os.PathLike | None = None, device: str = "cpu") ->
     directory = shipped_dir(path) if path is not None else default_checkpoint_dir()
     if not directory.exists():
         raise ReasonerError(f"reasoner checkpoint {directory} does not exist")
-    return Reasoner(load_model(directory, device=device), meta=read_checkpoint_config(directory))
+    return Reasoner(load_model(directory, device=device), meta=read_checkpoint_config(directory),
+                    source=str(directory.resolve()))

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pipeline.classifier import TartClassifier  # noqa: E402
 from pipeline.methods import MethodError, run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
+from sklearn.exceptions import NotFittedError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +98,18 @@ def test_classifier_bad_inputs(reasoner):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 24))
     clf = TartClassifier(backbone=None, reasoner=reasoner)
-    with pytest.raises(MethodError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         clf.predict(X)
-    with pytest.raises(MethodError, match="exactly 2 distinct labels; got 1"):
+    with pytest.raises(MethodError, match="at least 2 classes in y; got 1 class"):
         clf.fit(X, np.zeros(40))
-    with pytest.raises(MethodError, match="got 3"):
-        clf.fit(X, np.arange(40) % 3)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.fit(X, np.linspace(0, 1, 40))  # a regression target
     with pytest.raises(MethodError, match=r"k=16 .* k > d"):
-        clf.fit(X[:16], np.arange(16) % 2)
+        TartClassifier(backbone=None, reasoner=reasoner, allow_small_k=False).fit(X[:16], np.arange(16) % 2)
+    with pytest.raises(MethodError, match="exceeds the reasoner's trained context"):
+        clf.fit(np.random.default_rng(0).normal(size=(300, 4)), np.arange(300) % 2)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(np.where(np.eye(40, 24) > 0, np.nan, X), np.arange(40) % 2)
     with pytest.raises(MethodError, match="40 examples but y has 39"):
         clf.fit(X, np.arange(39) % 2)
     with pytest.raises(MethodError, match="expects precomputed embeddings"):
@@ -112,5 +117,52 @@ def test_classifier_bad_inputs(reasoner):
     with pytest.raises(MethodError, match="larger than the reasoner's trained d"):
         TartClassifier(backbone=None, reasoner=reasoner, d=32).fit(X, np.arange(40) % 2)
     clf.fit(X, np.arange(40) % 2)
-    with pytest.raises(MethodError, match="24"):
+    with pytest.raises(ValueError, match="expecting 24 features"):
         clf.predict(rng.normal(size=(3, 10)))
+
+
+def test_scikit_learn_estimator_checks_pass():
+    """sklearn's own conformance suite, with the one limit the reasoner truly has declared."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(
+        TartClassifier(backbone=None), on_fail=None,
+        expected_failed_checks={"check_classifiers_train": "fits k=300 examples: more than the reasoner's "
+                                                           "trained context (k <= 257); TART has a context limit"})
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert not failed, failed
+    assert sum(r["status"] == "passed" for r in results) >= 50
+
+
+def test_multi_class_one_vs_rest_beats_chance_by_far_and_sums_to_one(reasoner):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(4, 24)) * 3
+    y = np.repeat(np.arange(4), 30)
+    X = centres[y] + rng.normal(size=(120, 24))
+    names = np.array(["ant", "bee", "cat", "dog"])[y]
+    ctx = np.concatenate([np.where(y == c)[0][:10] for c in range(4)])  # 10 per class
+    test = np.setdiff1d(np.arange(120), ctx)
+    clf = TartClassifier(backbone=None, reasoner=reasoner).fit(X[ctx], names[ctx])
+    p = clf.predict_proba(X[test])
+    assert p.shape == (80, 4) and np.allclose(p.sum(1), 1.0)
+    assert list(clf.classes_) == ["ant", "bee", "cat", "dog"]
+    assert (clf.predict(X[test]) == names[test]).mean() > 0.9  # chance is 0.25
+
+
+def test_pickle_holds_no_weights_and_clone_shares_loaded_models(reasoner, tmp_path):
+    import pickle
+
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(40, 24)), np.arange(40) % 2
+    for r in (None, "v1", reasoner):
+        clf = TartClassifier(backbone=None, reasoner=r).fit(X, y)
+        blob = pickle.dumps(clf)
+        assert len(blob) < 200_000, (r, len(blob))  # the weights are 12.9 MB in float16
+        again = pickle.loads(blob)
+        np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    held = TartClassifier(backbone=None, reasoner=reasoner)
+    assert clone(held).reasoner is reasoner  # clone does not deep-copy the reasoner
+    a, b = TartClassifier(backbone=None, reasoner="v1").fit(X, y), clone(TartClassifier(backbone=None, reasoner="v1"))
+    assert b.fit(X, y)._get_reasoner() is a._get_reasoner()  # one load per process, shared

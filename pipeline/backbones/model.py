@@ -43,6 +43,9 @@ class Backbone:
         self.dim = dim
         self.num_layers = int(getattr(cfg, "num_hidden_layers", 0) or 0) if num_layers is None else num_layers
 
+    def __deepcopy__(self, memo: dict) -> "Backbone":
+        return self  # a frozen model: copies (sklearn's clone of a classifier holding it) share it
+
     def __repr__(self) -> str:
         return (f"Backbone(name={self.name!r}, kind={self.kind!r}, dim={self.dim}, layer={self.layer}, "
                 f"pooling={self.pooling!r}, revision={self.revision!r})")
