@@ -4,11 +4,12 @@
     tart compare grids=[default,nightly]          # two grids side by side
     tart compare dataset=sms_spam backbone=smollm2-135m out=reports/
 
-Outputs: a markdown table of mean accuracy +- std over seeds per
-dataset x backbone x method x k (one column per grid when several are compared), the
-average gain of tart over icl and over lr_probe (paired on dataset, backbone, k, seed),
-CSV files, and PNG plots of accuracy vs k per dataset/backbone (a line per method),
-also logged as artifacts to an MLflow run.
+Outputs: a markdown table of mean accuracy with its 95% bootstrap interval per
+dataset x backbone x method x k (one column per grid when several are compared), the gain
+of tart over icl and over lr_probe, paired on each seed's context and test set, with its
+interval (`pipeline.uncertainty`: seeds x test examples from a results table, seeds only from
+MLflow runs), CSV files (std too), and PNG plots of accuracy vs k per dataset/backbone (a
+line per method, interval bars), also logged as artifacts to an MLflow run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .methods import TEXTS, known_methods
 from .storage import join
+from .uncertainty import Interval, correct_matrix, interval, pooled
 from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect, decode_cells,
                        experiment_url, flat_metric, resolve_tracking_uri, tag_filter)
 
@@ -138,13 +140,29 @@ def _label(df: pd.DataFrame) -> pd.Series:
     return lab
 
 
+def _values(rows: pd.DataFrame) -> np.ndarray:
+    """What a bootstrap resamples for these cells (one per seed): their per-example correctness
+    (S, n) when the frame holds predictions (a results table), else their accuracies (S,)."""
+    rows = rows.sort_values("seed")
+    if "probs" in rows and "labels" in rows:
+        m = correct_matrix(rows["probs"].tolist(), rows["labels"].tolist())
+        if m is not None:
+            return m
+    return rows["accuracy"].to_numpy(dtype=np.float64)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of accuracy over seeds per grid x dataset x backbone x method x k."""
+    """Mean, std over seeds and a 95% bootstrap interval (seeds x test examples where the
+    predictions are known, else seeds) of accuracy per grid x dataset x backbone x method x k."""
     if df.empty:
         raise CompareError("no results to compare (no cell runs matched the filters)")
     d = df.assign(method=_label(df))
-    g = d.groupby(["grid", *KEYS])["accuracy"]
-    out = g.agg(["mean", "std", "count"]).reset_index()
+    out = []
+    for key, rows in d.groupby(["grid", *KEYS]):
+        ci = interval(_values(rows))
+        out.append(dict(zip(["grid", *KEYS], key), mean=rows["accuracy"].mean(), std=rows["accuracy"].std(),
+                        count=len(rows), ci_low=ci.low, ci_high=ci.high, ci_over=ci.level))
+    out = pd.DataFrame(out)
     out["std"] = out["std"].fillna(0.0)
     return out
 
@@ -155,23 +173,52 @@ def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
     One row per tart variant (`tart`, or `tart@<digest>` when the grid compares reasoners):
     averaging two reasoners' accuracies into one "tart" would report neither.
     """
-    pair = ["grid", "dataset", "backbone", "k", "seed"]
-    d = df.assign(label=_label(df))
-    r = d[d["method"] == ref].groupby(pair)["accuracy"].mean()
     out = []
-    for label, t_rows in d[d["method"].isin(known_methods(needs_reasoner=True))].groupby("label"):
-        both = pd.concat({"tart": t_rows.groupby(pair)["accuracy"].mean(), ref: r}, axis=1).dropna()
-        if both.empty:
-            continue
-        both["gain"] = both["tart"] - both[ref]
-        g = both.reset_index().groupby(["grid", "dataset", "backbone"])["gain"].agg(["mean", "count"]).reset_index()
+    for label, _, g in _paired(df, ref):
         out.append(g.assign(tart=label))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def _paired(df: pd.DataFrame, ref: str):
+    """Per tart variant: (label, the paired differences per (grid, dataset, backbone) as bootstrap
+    values, the gains frame with mean, count and its 95% interval)."""
+    pair = ["grid", "dataset", "backbone", "k", "seed"]
+    d = df.assign(label=_label(df))
+    base = d[d["method"] == ref].drop_duplicates(pair).set_index(pair)
+    for label, t_rows in d[d["method"].isin(known_methods(needs_reasoner=True))].groupby("label"):
+        t = t_rows.drop_duplicates(pair).set_index(pair)
+        common = t.index.intersection(base.index)
+        if common.empty:
+            continue
+        rows, diffs = [], []
+        for group, idx in pd.Series(range(len(common)), index=common).groupby(level=[0, 1, 2]):
+            keys = common[idx.to_numpy()]
+            per_k = []
+            for k in sorted({key[3] for key in keys}):
+                ks = [key for key in keys if key[3] == k]
+                a, b = _values(t.loc[ks].reset_index()), _values(base.loc[ks].reset_index())
+                per_k.append(a - b if a.shape == b.shape else
+                             t.loc[ks, "accuracy"].to_numpy() - base.loc[ks, "accuracy"].to_numpy())
+            same = len({v.shape for v in per_k}) == 1 and per_k[0].ndim == 2
+            values = np.stack(per_k) if same else np.concatenate([v.mean(axis=-1) if v.ndim == 2 else v for v in per_k])
+            ci = interval(values)
+            gain = float(np.mean([t.loc[key, "accuracy"] - base.loc[key, "accuracy"] for key in keys]))
+            rows.append(dict(grid=group[0], dataset=group[1], backbone=group[2], mean=gain, count=len(keys),
+                             ci_low=ci.low, ci_high=ci.high, ci_over=ci.level))
+            diffs.append((values, len(keys)))
+        yield label, diffs, pd.DataFrame(rows)
+
+
+def average_gains(df: pd.DataFrame, ref: str) -> dict[str, Interval]:
+    """Per tart variant, its average gain over `ref` across every paired cell, with a stratified
+    bootstrap interval (each dataset x backbone resampled on its own, weighted by its cells)."""
+    return {label: pooled(diffs) for label, diffs, _ in _paired(df, ref)}
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     grids = sorted(summary["grid"].unique())
-    cell = summary.assign(v=[f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["std"])])
+    cell = summary.assign(v=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                             zip(summary["mean"], summary["ci_low"], summary["ci_high"])])
     wide = cell.pivot_table(index=KEYS, columns="grid", values="v", aggfunc="first").reset_index()
     cols = KEYS + grids
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -181,7 +228,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """accuracy vs k, one PNG per grid x dataset x backbone, one line per method."""
+    """accuracy vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method."""
     import matplotlib  # only to plot; the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
@@ -193,7 +240,8 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method, m in g.groupby("method"):
             m = m.sort_values("k")
-            ax.errorbar(m["k"], m["mean"], yerr=m["std"], marker="o", capsize=3, label=method)
+            yerr = [m["mean"] - m["ci_low"], m["ci_high"] - m["mean"]]  # the 95% bootstrap interval
+            ax.errorbar(m["k"], m["mean"], yerr=yerr, marker="o", capsize=3, label=method)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(g["k"].unique()), labels=[str(k) for k in sorted(g["k"].unique())])
         ax.set_xlabel("k (context examples)")
@@ -215,19 +263,21 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
     """Write summary.md, summary.csv, gains CSVs and plots; returns paths and the markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(df)
-    md = ["## Accuracy (mean ± std over seeds)", "", markdown_table(summary), ""]
+    over = "seeds x test examples" if (summary["ci_over"] == "seeds x examples").all() else "seeds"
+    md = [f"## Accuracy (mean [95% bootstrap interval over {over}])", "", markdown_table(summary), ""]
     files = {}
     for ref in BASELINES:
         g = gains(df, ref)
         if not g.empty:
-            md += [f"## Gain of tart over {ref} (mean over paired cells)", "",
-                   "| tart | grid | dataset | backbone | gain | cells |", "|---|---|---|---|---|---|"]
-            md += [f"| {r.tart} | {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | {r['count']} |"
-                   for _, r in g.iterrows()]
+            md += [f"## Gain of tart over {ref} (paired on each seed's context and test set; 95% bootstrap interval)",
+                   "", "| tart | grid | dataset | backbone | gain | 95% interval | cells |",
+                   "|---|---|---|---|---|---|---|"]
+            md += [f"| {r.tart} | {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | "
+                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['count']} |" for _, r in g.iterrows()]
             md.append("")
-            for label, gl in g.groupby("tart"):
-                overall = (gl["mean"] * gl["count"]).sum() / gl["count"].sum()
-                md.append(f"Average gain of {label} over {ref}: **{overall:+.3f}**")
+            for label, ci in average_gains(df, ref).items():
+                md.append(f"Average gain of {label} over {ref}: **{ci.mean:+.3f}** "
+                          f"(95% interval [{ci.low:+.3f}, {ci.high:+.3f}])")
             md.append("")
             files[f"gain_vs_{ref}.csv"] = g
     text = "\n".join(md)
