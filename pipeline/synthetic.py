@@ -46,6 +46,9 @@ class EmbeddingPrior:
     flip_max: float = 0.2  # label-flip rate ~ U[0, flip_max]
     heavy_tail: float = 0.25  # share of episodes with multivariate-t x (dof ~ U[2.5, 10])
     clusters: float = 0.25  # share of episodes whose x is a mixture of 2-6 Gaussian clusters
+    class_conditional: float = 0.5  # share of episodes drawn class first: x = noise + (y - 1/2) * separation
+    sep_min: float = 0.5  # class-conditional: class-mean distance in noise std units, log-uniform in [min, max]
+    sep_max: float = 6.0
     k_min: int = 17  # context sizes trained on: k ~ U{k_min .. points - queries} per step
     queries: int = 32  # query points after the context (the loss is on them)
 
@@ -59,7 +62,9 @@ class EmbeddingPrior:
                 raise ValueError(f"prior.{lo}={getattr(self, lo)}, {hi}={getattr(self, hi)}: expected 0 <= min <= max")
         if not 0 <= self.flip_max < 0.5:
             raise ValueError(f"prior.flip_max={self.flip_max}: expected 0 <= flip_max < 0.5")
-        for name in ("heavy_tail", "clusters"):
+        if not 0 < self.sep_min <= self.sep_max:
+            raise ValueError(f"prior.sep_min={self.sep_min}, sep_max={self.sep_max}: expected 0 < min <= max")
+        for name in ("heavy_tail", "clusters", "class_conditional"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"prior.{name}={getattr(self, name)}: expected a share in [0, 1]")
         if self.queries < 1:
@@ -182,11 +187,16 @@ def apply_curriculum(w: "torch.Tensor", x: "torch.Tensor", u: "torch.Tensor", ac
 
 
 def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generator", device="cpu",
-                                    points: int | None = None):
+                                    points: int | None = None, n_context: int | None = None):
     """n raw episodes of the `embedding` family: x (n, points, raw_dims) and labels y (n, points) in {0, 1}.
 
-    Per episode: a variance spectrum, optionally heavy tails or clusters, a task w weighted
-    towards the high-variance coordinates, a signal (logit std), a class bias and a flip rate.
+    Per episode: a variance spectrum, optionally heavy tails or clusters, and then one of two
+    kinds of task. Logistic: a task w weighted towards the high-variance coordinates, a signal
+    (logit std), a class bias. Class-conditional (what a backbone's classes look like: two
+    clouds whose mean difference is itself a direction of variance, so the whitened PCA puts
+    it in front): balanced labels first (in the first n_context points and in the rest
+    separately, as the grid's context and test sets are), then x = noise + (y - 1/2) * a
+    separation along a decaying direction. Both then flip labels at the episode's rate.
     """
     import torch
     p, P, D = spec.prior, points or spec.points, spec.prior.raw_dims
@@ -217,7 +227,25 @@ def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generato
     flip = unif(n, 1) * p.flip_max
     p1 = flip + (1 - 2 * flip) * torch.sigmoid(logit)
     y = (unif(n, P) < p1).float()
+    # class-conditional episodes: balanced labels, then the class means pulled apart
+    cc = unif(n, 1) < p.class_conditional  # (n, 1)
+    yb = torch.cat([_balanced(n, m, gen, device) for m in ((n_context or P), P - (n_context or P)) if m > 0], 1)
+    direction = normal(n, D) * j.pow(-(p.decay_min + unif(n, 1) * (p.decay_max - p.decay_min))) * sd
+    direction = direction / torch.linalg.norm(direction / sd, dim=1, keepdim=True)  # unit length in noise std units
+    lo, hi = math.log(p.sep_min), math.log(p.sep_max)
+    sep = torch.exp(lo + (hi - lo) * unif(n, 1))
+    x = torch.where(cc[:, :, None], x + (yb - 0.5)[:, :, None] * (sep * direction)[:, None, :], x)
+    flipped = unif(n, P) < flip
+    y = torch.where(cc, torch.where(flipped, 1 - yb, yb), y)
     return x, y
+
+
+def _balanced(n: int, m: int, gen, device) -> "torch.Tensor":
+    """(n, m) labels with floor(m/2) or ceil(m/2) ones, in a random order per row."""
+    import torch
+    base = (torch.arange(m, device=device) < (m + int(torch.randint(0, 2, (1,), generator=gen, device=device))) // 2)
+    order = torch.rand(n, m, generator=gen, device=device).argsort(dim=1)
+    return base.float()[order]
 
 
 def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: float = 1e-6):
@@ -248,7 +276,7 @@ def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", devi
     """One training batch of the embedding family at context size k: whitened context
     (n, k, d), its labels (n, k), whitened queries (n, q, d) and their labels (n, q)."""
     q = spec.prior.queries
-    x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q)
+    x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q, n_context=k)
     zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d)
     return zc, y[:, :k], zq, y[:, k:]
 

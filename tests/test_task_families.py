@@ -62,13 +62,13 @@ def _lr_accuracy(spec: TaskSpec, seed: int) -> float:
 
 
 def test_signal_and_flip_rate_move_the_attainable_accuracy():
-    points = dict(points=232)
+    points = dict(points=232)  # logistic episodes only (class_conditional=0)
     strong = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=20, signal_max=20, flip_max=0.0,
-                                                                     queries=32), **points)
+                                                                     queries=32, class_conditional=0), **points)
     weak = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=0.3, signal_max=0.3, flip_max=0.0,
-                                                                   queries=32), **points)
+                                                                   queries=32, class_conditional=0), **points)
     noisy = TaskSpec(d=16, family="embedding", prior=EmbeddingPrior(signal_min=20, signal_max=20, flip_max=0.45,
-                                                                    queries=32), **points)
+                                                                    queries=32, class_conditional=0), **points)
     a_strong, a_weak, a_noisy = (_lr_accuracy(s, 0) for s in (strong, weak, noisy))
     assert a_strong > 0.85, a_strong
     assert a_weak < 0.65, a_weak
@@ -136,3 +136,15 @@ def test_shipped_reasoners_by_name():
     assert shipped_dir("v1").name == "reasoner"
     with pytest.raises(ReasonerError, match="does not exist"):
         load_reasoner("/no/such/reasoner")
+
+
+def test_class_conditional_episodes_are_balanced_and_their_separation_sets_the_accuracy():
+    far = TaskSpec(d=16, points=232, family="embedding",
+                   prior=EmbeddingPrior(class_conditional=1.0, sep_min=8, sep_max=8, flip_max=0.0, queries=32))
+    near = TaskSpec(d=16, points=232, family="embedding",
+                    prior=EmbeddingPrior(class_conditional=1.0, sep_min=0.5, sep_max=0.5, flip_max=0.0, queries=32))
+    g = torch.Generator().manual_seed(5)
+    _, yc, _, yq = embedding_batch(far, 10, 33, g)
+    assert set(yc.sum(1).tolist()) <= {16.0, 17.0} and set(yq.sum(1).tolist()) == {16.0}  # the grid's balance
+    assert _lr_accuracy(far, 1) > 0.95
+    assert _lr_accuracy(near, 1) < 0.7  # Bayes: Phi(0.25) = 0.60
