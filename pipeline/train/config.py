@@ -178,6 +178,11 @@ FIELD_HELP = {
     "task.prior.flip_max": "embedding family: label-flip rate ~ U[0, flip_max]",
     "task.prior.heavy_tail": "embedding family: share of episodes with multivariate-t x",
     "task.prior.clusters": "embedding family: share of episodes with clustered x",
+    "task.prior.class_conditional": "embedding family: share of episodes drawn class first (balanced labels, "
+                                    "class means apart), the rest logistic",
+    "task.prior.sep_min": "embedding family, class-conditional: class-mean distance in noise std units, "
+                          "log-uniform from ...",
+    "task.prior.sep_max": "... to this",
     "task.prior.k_min": "embedding family: smallest context trained (k ~ U{k_min..points-queries} per step)",
     "task.prior.queries": "embedding family: query points after the context (the loss is on them)",
 }
