@@ -145,7 +145,8 @@ def _values(rows: pd.DataFrame) -> np.ndarray:
     (S, n) when the frame holds predictions (a results table), else their accuracies (S,)."""
     rows = rows.sort_values("seed")
     if "probs" in rows and "labels" in rows:
-        m = correct_matrix(rows["probs"].tolist(), rows["labels"].tolist())
+        m = correct_matrix(rows["probs"].tolist(), rows["labels"].tolist(),
+                           rows["n_classes"].tolist() if "n_classes" in rows else None)
         if m is not None:
             return m
     return rows["accuracy"].to_numpy(dtype=np.float64)
@@ -227,6 +228,24 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def metric_means(df: pd.DataFrame) -> pd.DataFrame:
+    """Every quality metric a cell records (accuracy, macro-F1, AUC, NLL, Brier, ECE), mean over seeds,
+    per grid x dataset x backbone x method x k (a metric no cell of a row has stays empty)."""
+    d = df.assign(method=_label(df))
+    cols = [m for m in QUALITY_METRICS if m in d]
+    return d.groupby(["grid", *KEYS])[cols].mean().reset_index()
+
+
+def metrics_markdown(means: pd.DataFrame) -> str:
+    cols = [m for m in QUALITY_METRICS if m in means]
+    head = ["grid", *KEYS, *cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in means.iterrows():
+        vals = [f"{r[m]:.3f}" if pd.notna(r[m]) else "" for m in cols]
+        lines.append("| " + " | ".join([str(r["grid"]), *(str(r[k]) for k in KEYS), *vals]) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     """accuracy vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method."""
     import matplotlib  # only to plot; the Agg backend must be chosen before pyplot is imported
@@ -280,13 +299,18 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
                           f"(95% interval [{ci.low:+.3f}, {ci.high:+.3f}])")
             md.append("")
             files[f"gain_vs_{ref}.csv"] = g
+    brief = "\n".join(md)  # what a console shows; summary.md has every metric too
+    means = metric_means(df)
+    md += ["## Every metric (mean over seeds; NLL, Brier and ECE: lower is better; AUC for two classes)", "",
+           metrics_markdown(means), ""]
+    files["metrics.csv"] = means
     text = "\n".join(md)
     (out_dir / "summary.md").write_text(text)
     summary.to_csv(out_dir / "summary.csv", index=False)
     for name, frame in files.items():
         frame.to_csv(out_dir / name, index=False)
     plots = plot(summary, out_dir)
-    return {"markdown": text, "dir": str(out_dir), "plots": [str(p) for p in plots]}
+    return {"markdown": text, "brief": brief, "dir": str(out_dir), "plots": [str(p) for p in plots]}
 
 
 def log_artifacts(run_id: str, out_dir: Path, mlflow_uri: Optional[str] = None) -> None:
@@ -311,7 +335,7 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
             log_artifacts(summary["parent_run_id"], out_dir, summary.get("mlflow_uri"))
         except Exception as e:  # noqa: BLE001
             logger.warning(f"[compare] WARNING: could not log artifacts to MLflow ({e})")
-    lines = [rep["markdown"], f"\nplots and tables: {out_dir.resolve()}"]
+    lines = [rep["brief"], f"\nevery metric (macro-F1, AUC, NLL, Brier, ECE), plots and tables: {out_dir.resolve()}"]
     if summary.get("mlflow_uri"):
         uri, exp_id = summary["mlflow_uri"], summary.get("experiment_id")
         if uri.startswith("sqlite"):

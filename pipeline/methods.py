@@ -157,8 +157,8 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
 # ----------------------------------------------------------------------------- validation
 
 
-def check_episode(Xc: Any, yc: Any, Xq: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate one episode; returns float64 Xc (k, D), int64 yc (k,), float64 Xq (q, D)."""
+def check_episode(Xc: Any, yc: Any, Xq: Any, n_classes: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate one episode; returns float64 Xc (k, D), int64 yc (k,) in 0..n_classes-1, float64 Xq (q, D)."""
     Xc = _as_matrix(Xc, "Xc (context embeddings)")
     Xq = _as_matrix(Xq, "Xq (query embeddings)")
     y = np.asarray(yc)
@@ -174,9 +174,13 @@ def check_episode(Xc: Any, yc: Any, Xq: Any) -> tuple[np.ndarray, np.ndarray, np
         yf = y.astype(np.float64)
     except (TypeError, ValueError):
         raise MethodError(f"labels must be 0/1; got values {sorted(set(map(str, y.tolist())))[:5]}") from None
-    if not np.isin(yf, (0.0, 1.0)).all():
-        bad = sorted(set(np.unique(y[~np.isin(yf, (0.0, 1.0))]).tolist()))[:5]
-        raise MethodError(f"labels must be binary 0/1; found {bad} (map two classes to 0/1 first)")
+    allowed = np.arange(n_classes, dtype=np.float64)
+    if not np.isin(yf, allowed).all():
+        bad = sorted(set(np.unique(y[~np.isin(yf, allowed)]).tolist()))[:5]
+        if n_classes == 2:
+            raise MethodError(f"labels must be binary 0/1; found {bad} (map two classes to 0/1 first, "
+                              "or give n_classes for a multi-class task)")
+        raise MethodError(f"labels must be class indices 0..{n_classes - 1}; found {bad}")
     return Xc, yf.astype(np.int64), Xq
 
 
@@ -204,6 +208,7 @@ class Method:
       run under the grid's embedding protocols (None).
     pca_dims: the PCA size fitted on the context, so k must exceed it: an int, "reasoner"
       (the reasoner's trained d), or None (no PCA).
+    multiclass: it classifies C > 2 classes (run_method's n_classes); False: binary tasks only.
     """
 
     name: str
@@ -215,6 +220,7 @@ class Method:
     pca_dims: Union[int, str, None] = None
     fn: Optional[MethodFn] = None
     runner: Optional[str] = None
+    multiclass: bool = False
 
     def dims(self, reasoner_d: Optional[int] = None) -> Optional[int]:
         """The PCA size the method fits (None: it fits none, or the reasoner's d is not known)."""
@@ -268,11 +274,11 @@ class Method:
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, *, needs_reasoner: bool = False,
-             pca_dims: Union[int, str, None] = None) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, *, needs_reasoner: bool = False, pca_dims: Union[int, str, None] = None,
+             multiclass: bool = False) -> Callable[[MethodFn], MethodFn]:
     """Decorator registering an EMBEDDINGS method `fn(Xc, y, Xq, reasoner=None, **opts) -> (q,)`."""
     def deco(fn: MethodFn) -> MethodFn:
-        _add(Method(name, needs_reasoner=needs_reasoner, pca_dims=pca_dims, fn=fn))
+        _add(Method(name, needs_reasoner=needs_reasoner, pca_dims=pca_dims, fn=fn, multiclass=multiclass))
         return fn
 
     return deco
@@ -305,11 +311,14 @@ def get_method(name: str) -> Method:
 
 
 def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_class: str = "error",
-               **opts: Any) -> np.ndarray:
-    """P(label=1) for each query (q,) by the EMBEDDINGS method `name`; `opts` go to the method.
+               n_classes: int = 2, **opts: Any) -> np.ndarray:
+    """P(label=1) for each query (q,) by the EMBEDDINGS method `name`; with n_classes = C > 2,
+    P(label=c) for each query and class (q, C), rows summing to 1. `opts` go to the method.
 
     tart: d (default reasoner.d), eps, allow_small_k. lr_probe: d, eps, allow_small_k, C,
     max_iter. lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
+    Multi-class: tart composes the binary reasoner one-vs-rest (the C episodes in one batched
+    call, normalised); the LR probes are multinomial.
     """
     method = get_method(name)
     if method.runs_on != EMBEDDINGS:
@@ -318,7 +327,11 @@ def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_c
                           f"{', '.join(known_methods(EMBEDDINGS))}")
     if one_class not in ONE_CLASS_POLICIES:
         raise MethodError(f"one_class={one_class!r}: expected one of {', '.join(ONE_CLASS_POLICIES)}")
-    Xc, y, Xq = check_episode(Xc, yc, Xq)
+    if n_classes < 2:
+        raise MethodError(f"n_classes={n_classes}: expected >= 2")
+    if n_classes > 2 and not method.multiclass:
+        raise MethodError(f"method {name!r} is binary only; n_classes={n_classes}")
+    Xc, y, Xq = check_episode(Xc, yc, Xq, n_classes)
     if method.needs_reasoner and reasoner is None:
         raise MethodError(f"method {name!r} needs a reasoner (pipeline.reasoner.load_reasoner())")
     if y.min() == y.max():
@@ -328,12 +341,27 @@ def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_c
                 f"one-class context: all {k} context labels are {c}; every method needs both classes "
                 f"(use class-balanced context sets, or one_class='constant')"
             )
+        if n_classes > 2:  # Laplace's rule over C classes
+            row = np.full(n_classes, 1 / (k + n_classes))
+            row[c] = (k + 1) / (k + n_classes)
+            return np.tile(row, (Xq.shape[0], 1))
         p1 = (k + 1) / (k + 2) if c == 1 else 1 / (k + 2)
         return np.full(Xq.shape[0], p1)
     if Xq.shape[0] == 0:
-        return np.zeros(0)
+        return np.zeros((0, n_classes)) if n_classes > 2 else np.zeros(0)
+    if n_classes > 2:
+        p = np.asarray(method.fn(Xc, y, Xq, reasoner=reasoner, n_classes=n_classes, **opts), dtype=np.float64)
+        return p.reshape(Xq.shape[0], n_classes)
     p = method.fn(Xc, y, Xq, reasoner=reasoner, **opts)
     return np.asarray(p, dtype=np.float64).reshape(Xq.shape[0])
+
+
+def _full_proba(clf: Any, Xq: np.ndarray, n_classes: int) -> np.ndarray:
+    """A fitted sklearn classifier's probabilities as (q, n_classes), columns 0..C-1 (a class absent
+    from the context gets probability 0)."""
+    out = np.zeros((Xq.shape[0], n_classes))
+    out[:, clf.classes_.astype(np.int64)] = clf.predict_proba(Xq)
+    return out
 
 
 def _check_opts(method: str, opts: dict, allowed: tuple[str, ...]) -> None:
@@ -348,35 +376,46 @@ def _logreg(C: float, max_iter: int):
     return LogisticRegression(C=C, max_iter=max_iter)
 
 
-@register("tart", needs_reasoner=True, pca_dims="reasoner")
+@register("tart", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
 def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("tart", opts, ("d", "eps", "allow_small_k"))
+    _check_opts("tart", opts, ("d", "eps", "allow_small_k", "n_classes"))
     d = int(opts.get("d", reasoner.d))
     REGISTRY["tart"].check_context(Xc.shape[0], dims=d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
                                    allow_small_k=opts.get("allow_small_k", False))
     w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
     Zc, Zq = w.transform(Xc), w.transform(Xq)
+    C = int(opts.get("n_classes", 2))
+    if C > 2:  # one-vs-rest: episode c labels class c 1, the rest 0; all C episodes in one call
+        yc = (y[None, :] == np.arange(C)[:, None]).astype(np.int64)
+        p = reasoner.predict_proba(np.repeat(Zc[None], C, 0).astype(np.float32), yc,
+                                   np.repeat(Zq[None], C, 0).astype(np.float32)).T.astype(np.float64)
+        p = np.clip(p, 1e-12, None)
+        return p / p.sum(axis=1, keepdims=True)
     # One call for all q queries: the reasoner answers them in a single masked pass.
     return reasoner.predict_proba(Zc[None].astype(np.float32), y[None], Zq[None].astype(np.float32))[0]
 
 
-@register("lr_probe", pca_dims=DEFAULT_PCA_DIMS)
+@register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter"))
+    _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes"))
     d = int(opts.get("d", reasoner.d if reasoner is not None else DEFAULT_PCA_DIMS))
     REGISTRY["lr_probe"].check_context(Xc.shape[0], dims=d, allow_small_k=opts.get("allow_small_k", False))
     w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
     clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit(w.transform(Xc), y)
+    if int(opts.get("n_classes", 2)) > 2:  # multinomial (lbfgs' default for several classes)
+        return _full_proba(clf, w.transform(Xq), int(opts["n_classes"]))
     return clf.predict_proba(w.transform(Xq))[:, 1]
 
 
-@register("lr_full")
+@register("lr_full", multiclass=True)
 def _lr_full(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("lr_full", opts, ("C", "max_iter"))
+    _check_opts("lr_full", opts, ("C", "max_iter", "n_classes"))
     mu = Xc.mean(axis=0)
     sd = Xc.std(axis=0)
     sd[sd <= 1e-12 * max(float(sd.max()), 1e-300)] = 1.0  # constant columns: centred to 0, not blown up
     clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit((Xc - mu) / sd, y)
+    if int(opts.get("n_classes", 2)) > 2:
+        return _full_proba(clf, (Xq - mu) / sd, int(opts["n_classes"]))
     return clf.predict_proba((Xq - mu) / sd)[:, 1]
 
 

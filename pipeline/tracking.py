@@ -77,7 +77,7 @@ KIND_CELL = "cell"
 KIND_COMPARE = "compare"
 CELL_PARAMS = ("dataset", "dataset_options", "backbone", "protocol", "method", "reasoner", "reasoner_digest", "k",
                "seed")
-QUALITY_METRICS = ("accuracy", "auc", "brier", "ece")  # what `compare` reads back
+QUALITY_METRICS = ("accuracy", "auc", "brier", "ece", "macro_f1", "nll")  # what `compare` reads back
 CELL_METRICS = (*QUALITY_METRICS, "runtime_s")
 PREDICTIONS_ARTIFACT = "predictions.json"
 SERIES_PARAMS = tuple(c for c in CELL_PARAMS if c != "k")

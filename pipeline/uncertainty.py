@@ -40,14 +40,20 @@ class Interval:
         return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]"
 
 
-def correct_matrix(probs: Sequence, labels: Sequence) -> Optional[np.ndarray]:
-    """(S, n) 0/1 correctness of S cells on one test set (binary: P(1) >= 0.5 is class 1), or None
-    when the cells' test sets differ in size (then only seed-level intervals are possible)."""
-    rows = [np.asarray(p, dtype=np.float64) for p in probs]
+def correct_matrix(probs: Sequence, labels: Sequence, n_classes: Optional[Sequence] = None) -> Optional[np.ndarray]:
+    """(S, n) 0/1 correctness of S cells on one test set, or None when the cells' test sets differ
+    in size (then only seed-level intervals are possible). Binary: P(1) >= 0.5 is class 1; a cell
+    of C > 2 classes holds its (n, C) probabilities flat (n_classes says C) and predicts the argmax."""
     ys = [np.asarray(y) for y in labels]
-    if not rows or len({len(r) for r in rows}) != 1:
+    if not ys or len({len(y) for y in ys}) != 1:
         return None
-    return np.stack([((r >= 0.5).astype(np.int64) == y).astype(np.float64) for r, y in zip(rows, ys)])
+    out = []
+    for i, (p, y) in enumerate(zip(probs, ys)):
+        p = np.asarray(p, dtype=np.float64)
+        C = int(n_classes[i]) if n_classes is not None and n_classes[i] == n_classes[i] else 2
+        pred = p.reshape(len(y), C).argmax(axis=1) if C > 2 else (p >= 0.5).astype(np.int64)
+        out.append((pred == y).astype(np.float64))
+    return np.stack(out)
 
 
 def replicates(values: np.ndarray, rng: np.random.Generator, n_boot: int = REPLICATES) -> np.ndarray:

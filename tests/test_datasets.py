@@ -357,8 +357,35 @@ def test_context_sets_errors():
         context_sets(y, [5], seed=0)
     with pytest.raises(DatasetError, match="overlaps"):
         context_sets(y, [2], seed=0, pool_ids=[0, 1, 10, 11], exclude=[11])
-    with pytest.raises(DatasetError, match="binary"):
-        context_sets(np.array([0, 1, 2]), [2], seed=0)
+    with pytest.raises(DatasetError, match=r"class indices 0\.\.1"):
+        context_sets(np.array([0, 1, 2]), [2], seed=0, n_classes=2)
+    with pytest.raises(DatasetError, match="multiple of the 3 classes"):
+        context_sets(np.array([0, 1, 2] * 5), [4], seed=0)
+
+
+def test_multi_class_context_sets_are_balanced_nested_and_binary_ones_unchanged():
+    y = np.repeat(np.arange(4), 30)
+    sets = context_sets(y, [16, 32, 64], seed=3)
+    for k in (16, 32, 64):
+        assert np.bincount(y[sets[k]], minlength=4).tolist() == [k // 4] * 4
+    assert (sets[32][:16] == sets[16]).all() and (sets[64][:32] == sets[32]).all()
+    binary = np.array([0, 1] * 40)
+    assert all((context_sets(binary, [18, 32], seed=1)[k] == context_sets(binary, [18, 32], seed=1, n_classes=2)[k]).all()
+               for k in (18, 32))
+
+
+def test_newsgroups_multi_class_task_and_its_errors():
+    four = ("comp.graphics", "rec.autos", "sci.space", "talk.politics.guns")
+    test = load_examples("newsgroups", "test", classes=four, test_size=200)
+    assert test.label_names == four and test.n_classes == 4 and test.class_counts() == {c: 50 for c in range(4)}
+    pool = load_examples("newsgroups", "train", classes=four)
+    assert set(np.unique(pool.labels)) == {0, 1, 2, 3} and not set(pool.ids) & set(test.ids)
+    with pytest.raises(DatasetError, match="multiple of the 4 classes"):
+        load_examples("newsgroups", "test", classes=four, test_size=202)
+    with pytest.raises(DatasetError, match="cannot be combined"):
+        load_examples("newsgroups", "test", classes=four, positive_class="sci.space")
+    with pytest.raises(DatasetError, match="'sci.spaec' matches no label"):
+        load_examples("newsgroups", "test", classes=("sci.med", "sci.spaec"))
 
 
 @settings(max_examples=40, deadline=None)

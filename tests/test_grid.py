@@ -201,6 +201,28 @@ def test_audio_grid_runs_end_to_end_and_learns(tmp_path):
     assert (df["accuracy"] >= 0.7).all(), df[["method", "seed", "accuracy"]]  # measured 0.80-0.93 at k=32
 
 
+def test_multi_class_grid_runs_end_to_end_and_compare_reads_it_back(tmp_path):
+    # 4 newsgroups, k = 8 per class: tart (one-vs-rest) and the multinomial probe far above chance (0.25)
+    from pipeline.compare import main as compare_main
+
+    classes = "[comp.graphics,rec.autos,sci.space,talk.politics.guns]"
+    spec = _spec(tmp_path, datasets=f"[{{name: newsgroups, options: {{classes: {classes}}}}}]",
+                 methods="[tart,lr_probe]", ks="[32]", seeds="[0,1]", test_size=40, train_size=80)
+    s = run_grid(spec)
+    assert s["cells_run"] == 4 and s["cells_failed"] == 0
+    df = read_results(spec)
+    assert set(df["n_classes"]) == {4} and all(len(p) == 40 * 4 for p in df["probs"])
+    assert (df["accuracy"] > 0.6).all(), df[["method", "seed", "accuracy"]]
+    assert df["macro_f1"].notna().all() and df["nll"].notna().all() and df["auc"].isna().all()
+    out = tmp_path / "cmp"
+    assert compare_main([f"mlflow_uri={spec.mlflow_uri}", "grids=[t]", f"out={out}"]) == 0
+    md = (out / "summary.md").read_text()
+    assert "| newsgroups | minilm-l6 | tart | 32 |" in md and "macro_f1" in md
+    with pytest.raises(GridError, match="multiple of 4"):
+        expand(_spec(tmp_path, datasets=f"[{{name: newsgroups, options: {{classes: {classes}}}}}]", ks="[18]",
+                     test_size=40, train_size=80))
+
+
 def _unit(keys, fail_at=None, skip=None):
     """An executor unit: one result per key, a failure at `fail_at`, None where skipped."""
     for key in keys:

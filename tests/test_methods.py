@@ -176,3 +176,45 @@ def test_degenerate_context_runs_finite_through_all_methods(reasoner):
     for m in ("tart", "lr_probe", "lr_full"):
         p = run_method(m, X[:32], y[:32], X[32:], reasoner=reasoner)
         assert np.isfinite(p).all() and np.all((p >= 0) & (p <= 1))
+
+
+def _blobs(C: int, per: int, q_per: int, seed: int = 0, D: int = 48, spread: float = 1.5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(C, D)) * spread
+    yc, yq = np.repeat(np.arange(C), per), np.repeat(np.arange(C), q_per)
+    return centres[yc] + rng.normal(size=(len(yc), D)), yc, centres[yq] + rng.normal(size=(len(yq), D)), yq
+
+
+@pytest.mark.parametrize("method", ["tart", "lr_probe", "lr_full"])
+def test_multi_class_methods_give_distributions_well_above_chance(reasoner, method):
+    Xc, yc, Xq, yq = _blobs(C=5, per=9, q_per=20)
+    p = run_method(method, Xc, yc, Xq, reasoner=reasoner, n_classes=5)
+    assert p.shape == (100, 5) and np.allclose(p.sum(axis=1), 1.0) and (p >= 0).all()
+    assert (p.argmax(axis=1) == yq).mean() > 0.8  # chance: 0.2
+    binary = run_method(method, Xc[yc < 2], yc[yc < 2], Xq, reasoner=reasoner)
+    assert binary.shape == (100,)  # two classes: P(y=1) as before
+
+
+def test_multi_class_input_errors(reasoner):
+    Xc, yc, Xq, _ = _blobs(C=3, per=8, q_per=2)
+    with pytest.raises(MethodError, match="binary 0/1.*n_classes"):
+        run_method("lr_probe", Xc, yc, Xq)
+    with pytest.raises(MethodError, match=r"class indices 0\.\.2"):
+        run_method("lr_probe", Xc, yc + 1, Xq, n_classes=3)
+    assert not get_method("icl").multiclass  # the grid refuses icl on a multi-class dataset
+    assert all(get_method(m).multiclass for m in ("tart", "lr_probe", "lr_full"))
+
+
+def test_multi_class_cell_metrics():
+    from pipeline.grid.results import cell_metrics
+
+    y = np.array([0, 1, 2, 2])
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
+    m = cell_metrics(y, p)
+    assert m["accuracy"] == 0.75
+    assert abs(m["nll"] + np.mean(np.log([0.8, 0.7, 0.6, 0.2]))) < 1e-12
+    # class 0: P=2 (one right), T=1 -> F1 2/3; class 1: 1; class 2: P=1, T=2 -> 2/3
+    assert abs(m["macro_f1"] - (2 / 3 + 1 + 2 / 3) / 3) < 1e-12
+    assert np.isnan(m["auc"]) and 0 <= m["ece"] <= 1
+    b = cell_metrics(np.array([0, 1, 1]), np.array([0.2, 0.9, 0.4]))
+    assert abs(b["nll"] + np.mean(np.log([0.8, 0.9, 0.4]))) < 1e-12 and b["accuracy"] == 2 / 3

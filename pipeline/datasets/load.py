@@ -35,6 +35,10 @@ def load_dataset_spec(name: str | DatasetSpec, **opts: Any) -> DatasetSpec:
     """
     if isinstance(name, DatasetSpec):
         return dataclasses.replace(name, **opts) if opts else name
+    if isinstance(opts.get("classes"), list):  # from YAML / key=value: a tuple keeps the spec hashable
+        opts = dict(opts, classes=tuple(opts["classes"]))
+    if isinstance(opts.get("label_names"), list):
+        opts = dict(opts, label_names=tuple(opts["label_names"]))
     unknown = sorted(set(opts) - SPEC_FIELDS)
     if unknown:
         raise DatasetError(f"unknown dataset option(s) {', '.join(unknown)}; known: {', '.join(sorted(SPEC_FIELDS))}")
@@ -43,8 +47,10 @@ def load_dataset_spec(name: str | DatasetSpec, **opts: Any) -> DatasetSpec:
         base = dict(b.defaults)
         if "positive_class" in opts and "negative_class" not in opts and b.pair_task:
             base.pop("negative_class", None)  # one-vs-rest
-        if {"positive_class", "negative_class"} & set(opts):
+        if {"positive_class", "negative_class", "classes"} & set(opts):
             base.pop("label_names", None)  # the default pair's words do not name another pair
+        if "classes" in opts:  # a multi-class task replaces the default pair
+            base.pop("positive_class", None), base.pop("negative_class", None)
         base.update(opts)
         spec = DatasetSpec(name=name, source="builtin", modality=b.modality, **base)
     elif os.path.isdir(name):  # a local folder of train/test files: `datasets` infers the splits
@@ -69,14 +75,22 @@ def _validate_spec(spec: DatasetSpec) -> None:
         raise DatasetError(f"modality {spec.modality!r}: expected one of {', '.join(MODALITIES)}")
     if not 0.0 < spec.test_fraction < 1.0:
         raise DatasetError(f"test_fraction={spec.test_fraction}: expected a number strictly between 0 and 1")
-    if spec.test_size is not None and (spec.test_size < 2 or spec.test_size % 2):
-        raise DatasetError(f"test_size={spec.test_size}: expected an even number >= 2 (half per class)")
-    if spec.train_size is not None and (spec.train_size < 2 or spec.train_size % 2):
-        raise DatasetError(f"train_size={spec.train_size}: expected an even number >= 2 (half per class)")
+    C = 2
+    if spec.classes is not None:
+        classes = tuple(spec.classes)
+        if len(classes) < 2 or len({str(c) for c in classes}) != len(classes):
+            raise DatasetError(f"classes={spec.classes!r}: expected two or more different label values")
+        if spec.positive_class is not None or spec.negative_class is not None:
+            raise DatasetError("classes= (a multi-class task) cannot be combined with positive_class / negative_class")
+        C = len(classes)
+    for option in ("test_size", "train_size"):
+        size = getattr(spec, option)
+        if size is not None and (size < C or size % C):
+            raise DatasetError(f"{option}={size}: expected a multiple of the {C} classes (the same number per class)")
     if spec.label_names is not None:
         names = tuple(spec.label_names)
-        if len(names) != 2 or not all(isinstance(n, str) and n.strip() for n in names) or names[0] == names[1]:
-            raise DatasetError(f"label_names={spec.label_names!r}: expected two different non-empty words")
+        if len(names) != C or not all(isinstance(n, str) and n.strip() for n in names) or len(set(names)) != C:
+            raise DatasetError(f"label_names={spec.label_names!r}: expected {C} different non-empty words")
     if spec.negative_class is not None and spec.positive_class is None:
         raise DatasetError("negative_class needs positive_class as well")
     if spec.positive_class is not None and spec.positive_class == spec.negative_class:
@@ -91,10 +105,21 @@ def _match(value: Any, target: Any, class_names: list[str] | None) -> bool:
     return str(value) == str(target)
 
 
-def _binarise(raw: Raw, spec: DatasetSpec, where: str) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
-    """-> (labels 0/1, row mask of kept rows, label names)."""
+def _binarise(raw: Raw, spec: DatasetSpec, where: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """-> (labels 0/1, or 0..C-1 for `classes`; row mask of kept rows; label names)."""
     values = raw.raw_labels
     distinct = sorted({str(v) for v in values})
+    if spec.classes is not None:
+        labels = np.full(len(values), -1, dtype=np.int64)
+        for c, target in enumerate(spec.classes):
+            hit = np.array([_match(v, target, raw.class_names) for v in values], dtype=bool)
+            if not hit.any():
+                raise DatasetError(f"{where}: classes entry {target!r} matches no label in column "
+                                   f"{spec.label_field!r}; values: {', '.join(distinct[:20])}")
+            labels[hit & (labels < 0)] = c
+        names = tuple(spec.label_names) if spec.label_names is not None else tuple(
+            _class_word(c, raw.class_names) for c in spec.classes)
+        return labels, labels >= 0, tuple(str(n) for n in names)
     if spec.positive_class is not None:
         pos = np.array([_match(v, spec.positive_class, raw.class_names) for v in values], dtype=bool)
         if not pos.any():
@@ -157,7 +182,7 @@ def _to_examples(raw: Raw, spec: DatasetSpec, split: str, where: str) -> Example
 def _stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 0x7E57])
     mask = np.zeros(len(labels), dtype=bool)
-    for c in (0, 1):
+    for c in range(max(2, int(labels.max()) + 1) if len(labels) else 2):
         where = np.flatnonzero(labels == c)
         n_test = int(round(len(where) * fraction))
         mask[rng.permutation(where)[:n_test]] = True
@@ -165,16 +190,14 @@ def _stratified_test_mask(labels: np.ndarray, fraction: float, seed: int) -> np.
 
 
 def _balanced_subsample(ex: Examples, size: int, seed: int, where: str, option: str = "test_size") -> np.ndarray:
-    per = size // 2
+    per = size // ex.n_classes
     counts = ex.class_counts()
     short = {c: n for c, n in counts.items() if n < per}
     if short:
-        raise DatasetError(
-            f"{where}: {option}={size} needs {per} examples per class, but the {ex.split} split has "
-            f"{counts[0]} of class 0 ({ex.label_names[0]}) and {counts[1]} of class 1 ({ex.label_names[1]})"
-        )
+        have = " and ".join(f"{counts[c]} of class {c} ({ex.label_names[c]})" for c in counts)
+        raise DatasetError(f"{where}: {option}={size} needs {per} examples per class, but the {ex.split} split has {have}")
     rng = np.random.default_rng([seed, 0x5A3B])
-    chosen = [rng.permutation(np.flatnonzero(ex.labels == c))[:per] for c in (0, 1)]
+    chosen = [rng.permutation(np.flatnonzero(ex.labels == c))[:per] for c in range(ex.n_classes)]
     return np.sort(np.concatenate(chosen))  # keep source order: stable and readable
 
 

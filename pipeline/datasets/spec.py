@@ -42,6 +42,7 @@ class DatasetSpec:
     train_size: int | None = None  # class-balanced context-pool subsample (total); None: whole pool
     split_seed: int = 0
     config_name: str | None = None  # HF dataset config ("subset")
+    classes: tuple | None = None  # a multi-class task: these raw label values become 0..C-1 (the rest dropped)
 
     def digest(self) -> str:
         """Stable short hash of everything that decides which examples and labels come out.
@@ -57,12 +58,12 @@ class DatasetSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = {"audio_field": "audio"}
+_LATER_FIELDS = {"audio_field": "audio", "classes": None}
 
 
 @dataclass
 class Examples:
-    """One split of a binary task: `inputs` of one `modality`, held as its adapter says
+    """One split of a task (binary, or C classes 0..C-1): `inputs` of one `modality`, held as its adapter says
     (`pipeline.modality`: a list of str, an (n, H, W[, C]) uint8 array, a list of 16 kHz
     float32 clips). `texts` / `images` / `audios` read the inputs of that modality (None for
     the other two)."""
@@ -70,8 +71,8 @@ class Examples:
     name: str
     split: str
     ids: list[str]
-    labels: np.ndarray  # int64, values in {0, 1}
-    label_names: tuple[str, str]
+    labels: np.ndarray  # int64, values in 0..C-1 (C = len(label_names); binary: {0, 1})
+    label_names: tuple[str, ...]
     modality: str
     inputs: Any
     metadata: dict = field(default_factory=dict)
@@ -91,8 +92,12 @@ class Examples:
     def audios(self) -> list[np.ndarray] | None:
         return self.inputs if self.modality == "audio" else None
 
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
     def class_counts(self) -> dict[int, int]:
-        return {c: int((self.labels == c).sum()) for c in (0, 1)}
+        return {c: int((self.labels == c).sum()) for c in range(self.n_classes)}
 
     def subset(self, index: Sequence[int], split: str | None = None) -> "Examples":
         idx = np.asarray(index, dtype=np.int64)

@@ -58,7 +58,7 @@ def group_episodes(spec: GridSpec, cells: list[Cell]) -> tuple[dict[Cell, Episod
         train, test = both.select("train"), both.select("test")
         episodes = {}
         for c in cells:
-            ctx = context_sets(train.labels, [c.k], c.seed)[c.k]
+            ctx = context_sets(train.labels, [c.k], c.seed, n_classes=c.n_classes)[c.k]
             episodes[c] = Episode(train.X[ctx], train.labels[ctx], test.X, test.labels, test.ids)
         return _with_reasoner_dirs(episodes), both.forward_passes
     # vanilla / loo: context-dependent, per (k, seed); all of them computed (or read from the
@@ -101,7 +101,8 @@ def run_embedding_cells(cells: list[Cell], episodes: list[Episode],
                 continue
             t0 = time.time()
             reasoner = _reasoner(cell, ep.reasoner_dir) if get_method(cell.method).needs_reasoner else None
-            p = run_method(cell.method, ep.Xc, ep.yc, ep.Xq, reasoner=reasoner)
+            extra = {"n_classes": cell.n_classes} if cell.n_classes > 2 else {}
+            p = run_method(cell.method, ep.Xc, ep.yc, ep.Xq, reasoner=reasoner, **extra)
             yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0, "labels": ep.yq,
                    "ids": ep.ids}
 

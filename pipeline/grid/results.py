@@ -48,13 +48,30 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     return twice_u / (2 * n1 * n0)
 
 
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """The mean over classes of each class's F1 (a class never predicted nor present counts 0)."""
+    f1 = []
+    for c in range(n_classes):
+        tp = float(((pred == c) & (y == c)).sum())
+        denom = float((pred == c).sum() + (y == c).sum())
+        f1.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1))
+
+
 def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
-    """accuracy, AUC, Brier score and ECE (over the confidence of the predicted class) of P(y=1) `p`."""
+    """accuracy, macro-F1, NLL, Brier score and ECE (over the confidence of the predicted class),
+    and AUC for two classes. `p`: P(y=1) (q,) for a binary task, or P(y=c) (q, C) for C classes
+    (Brier summed over the classes, ECE over `bins` equal bins of [1/C, 1])."""
     y = np.asarray(y, dtype=np.int64)
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 2:
+        return _multiclass_metrics(y, np.clip(p, 0.0, 1.0), bins)
+    p = np.clip(p, 0.0, 1.0)
     pred = (p >= 0.5).astype(np.int64)
     out = {"accuracy": float((pred == y).mean()), "brier": float(((p - y) ** 2).mean())}
     out["auc"] = auc(y, p) if len(np.unique(y)) == 2 else float("nan")
+    out["macro_f1"] = macro_f1(y, pred, 2)
+    out["nll"] = float(-np.log(np.clip(np.where(y == 1, p, 1 - p), 1e-12, None)).mean())
     conf = np.where(pred == 1, p, 1 - p)
     edges = np.linspace(0.5, 1.0, bins // 2 + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1]), 0, len(edges) - 2)
@@ -67,13 +84,30 @@ def cell_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict:
     return out
 
 
+def _multiclass_metrics(y: np.ndarray, p: np.ndarray, bins: int) -> dict:
+    C = p.shape[1]
+    pred = p.argmax(axis=1)
+    onehot = np.eye(C)[y]
+    out = {"accuracy": float((pred == y).mean()), "brier": float(((p - onehot) ** 2).sum(axis=1).mean()),
+           "auc": float("nan"), "macro_f1": macro_f1(y, pred, C),
+           "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())}
+    conf = p.max(axis=1)
+    edges = np.linspace(1.0 / C, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    out["ece"] = float(sum((idx == b).mean() * abs((pred[idx == b] == y[idx == b]).mean() - conf[idx == b].mean())
+                           for b in range(bins) if (idx == b).any()))
+    return out
+
+
 def cell_row(cell: Cell, result: dict, grid: str) -> dict:
     """The table row of a finished cell; `result` holds probs, runtime_s, labels, ids (the test split's)."""
     labels = result["labels"]
     row = dataclasses.asdict(cell)
     row.update(cell_id=cell.cell_id, grid=grid, code_version=CODE_VERSION, n_test=int(len(labels)),
                runtime_s=float(result["runtime_s"]), finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               probs=[float(x) for x in result["probs"]], labels=[int(x) for x in labels],
+               # a multi-class cell's (q, C) probabilities row-major, flat: one column type for every task
+               probs=[float(x) for x in np.asarray(result["probs"]).ravel()], labels=[int(x) for x in labels],
+               n_classes=int(np.asarray(result["probs"]).shape[1]) if np.ndim(result["probs"]) == 2 else 2,
                test_ids=list(result["ids"]))
     row.update(cell_metrics(labels, result["probs"]))
     return row

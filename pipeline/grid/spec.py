@@ -156,6 +156,12 @@ class Cell:
         return json.loads(self.dataset_options)
 
     @property
+    def n_classes(self) -> int:
+        """2, or the number of classes of a multi-class dataset (its `classes` option)."""
+        classes = self.options.get("classes")
+        return len(classes) if classes else 2
+
+    @property
     def group(self) -> tuple:
         """Cells that share embeddings (or, for a text method, one backbone load)."""
         return (self.dataset, self.dataset_options, self.backbone, self.protocol)
@@ -207,6 +213,7 @@ class _Dataset:
     name: str
     options: dict
     modality: Optional[str]  # None: it did not load (a problem is reported)
+    n_classes: int = 2
 
 
 # ----------------------------------------------------------------------------- validation, one axis each
@@ -336,19 +343,28 @@ def _check_datasets(spec: GridSpec, problems: list[str]) -> list[_Dataset]:
         problems.append(str(e))
         return []
     out = []
-    need = max(all_ks(spec)) // 2
+    multiclass = [m for m in spec.methods if m in known_methods() and not get_method(m).multiclass]
     for name, opts in entries:
-        modality = None
+        modality, C = None, 2
         try:
             pool = load_examples(name, "train", **opts)
-            modality = pool.modality
+            modality, C = pool.modality, pool.n_classes
+            need = max(all_ks(spec)) // C
             counts = pool.class_counts()
             if min(counts.values()) < need:
                 problems.append(f"dataset {name!r}: k={max(all_ks(spec))} needs {need} context examples per class, "
                                 f"the pool has {counts}")
+            if C > 2:
+                odd = [k for k in all_ks(spec) if k % C]
+                if odd:
+                    problems.append(f"dataset {name!r} has {C} classes: context sets hold k/{C} examples of each, "
+                                    f"so every k must be a multiple of {C}; not {odd}")
+                if multiclass:
+                    problems.append(f"dataset {name!r} has {C} classes; method(s) {', '.join(multiclass)} "
+                                    "take binary tasks only (drop them, or give the dataset two classes)")
         except (DatasetError, ValueError, OSError) as e:
             problems.append(f"dataset {name!r}: {e}")
-        out.append(_Dataset(name, opts, modality))
+        out.append(_Dataset(name, opts, modality, C))
     return out
 
 
