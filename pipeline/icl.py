@@ -80,9 +80,10 @@ class _Prepared:
 
 
 class ICLScorer:
-    """Scores binary ICL prompts with a causal LM (`tokenizer`, `model` from `load_causal_lm`).
+    """Scores ICL prompts with a causal LM (`tokenizer`, `model` from `load_causal_lm`).
 
-    label_words: words for label 0 and 1 (e.g. a dataset's `label_names`).
+    label_words: words for labels 0, 1, ... (e.g. a dataset's `label_names`; two for a binary
+      task, C for C classes: each word is scored, several-token words by their summed log-probs).
     batch_size: queries per forward pass on the cached context.
     max_length: optional tighter limit than the model's own maximum context.
     packing: pack each batch into one row on the shared cache (checked once against padding).
@@ -91,11 +92,11 @@ class ICLScorer:
     def __init__(self, tokenizer: Any, model: Any, label_words: Sequence[str] = ("negative", "positive"),
                  batch_size: int = 8, max_length: int | None = None, scoring: str = "sum",
                  packing: bool = True):
-        if len(label_words) != 2:
-            raise ICLError(f"label_words must hold exactly 2 words (label 0, label 1); got {list(label_words)}")
+        if len(label_words) < 2:
+            raise ICLError(f"label_words must hold a word per label (at least 2); got {list(label_words)}")
         words = [str(w).strip() for w in label_words]
-        if not all(words) or words[0] == words[1]:
-            raise ICLError(f"label_words must be two different non-empty words; got {list(label_words)}")
+        if not all(words) or len(set(words)) != len(words):
+            raise ICLError(f"label_words must be different non-empty words; got {list(label_words)}")
         if scoring not in SCORINGS:
             raise ICLError(f"scoring={scoring!r}: expected one of {', '.join(SCORINGS)}")
         if batch_size < 1:
@@ -109,8 +110,9 @@ class ICLScorer:
         self.word_ids = [self._ids(" " + w) for w in words]
         if any(len(t) == 0 for t in self.word_ids):
             raise ICLError(f"a label word tokenises to nothing: {list(zip(words, self.word_ids))}")
-        if scoring == "first" and self.word_ids[0][0] == self.word_ids[1][0]:
-            raise ICLError(f"label words {words} share their first token {self.word_ids[0][0]}; use scoring='sum'")
+        firsts = [t[0] for t in self.word_ids]
+        if scoring == "first" and len(set(firsts)) != len(firsts):
+            raise ICLError(f"label words {words} share a first token; use scoring='sum'")
         if scoring == "first":
             self.word_ids = [t[:1] for t in self.word_ids]
         self.forward_count = 0
@@ -130,8 +132,8 @@ class ICLScorer:
             self._base_cache_kw = cache_argument(base)
 
     @property
-    def label_token_counts(self) -> tuple[int, int]:
-        return (len(self.word_ids[0]), len(self.word_ids[1]))
+    def label_token_counts(self) -> tuple[int, ...]:
+        return tuple(len(w) for w in self.word_ids)
 
     def _ids(self, text: str, special: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
@@ -149,8 +151,9 @@ class ICLScorer:
         ys = np.asarray(context_labels)
         if ys.ndim != 1 or len(ys) != len(ctx):
             raise ICLError(f"{len(ctx)} context texts but context labels of shape {ys.shape}")
-        if len(ctx) and not np.isin(ys, (0, 1)).all():
-            raise ICLError(f"context labels must be 0/1; got {sorted(set(ys.tolist()))[:5]}")
+        if len(ctx) and not np.isin(ys, np.arange(len(self.word_ids))).all():
+            raise ICLError(f"context labels must be 0..{len(self.word_ids) - 1} (one per label word); "
+                           f"got {sorted(set(ys.tolist()))[:5]}")
         for name, texts in (("context", ctx), ("query", list(query_texts))):
             for i, t in enumerate(texts):
                 if not isinstance(t, str) or not t.strip():
@@ -180,11 +183,12 @@ class ICLScorer:
         Returns a list of (suffix tokens, [(label, position in suffix whose logits predict
         the token, token id), ...]). Single-token words share one suffix.
         """
+        labels = range(len(self.word_ids))
         if all(len(w) == 1 for w in self.word_ids):
             last = len(q_ids) - 1
-            return [(q_ids, [(c, last, self.word_ids[c][0]) for c in (0, 1)])]
+            return [(q_ids, [(c, last, self.word_ids[c][0]) for c in labels])]
         out = []
-        for c in (0, 1):
+        for c in labels:
             w = self.word_ids[c]
             seq = q_ids + w[:-1]
             out.append((seq, [(c, len(q_ids) - 1 + j, w[j]) for j in range(len(w))]))
@@ -274,10 +278,10 @@ class ICLScorer:
 
     def label_scores(self, context_texts: Sequence[str], context_labels: Sequence[int],
                      query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
-        """(q, 2) summed log-probs of the two label words for each query."""
+        """(q, C) summed log-probs of the C label words for each query."""
         prep = self.prepare(context_texts, context_labels, query_texts)
         q = len(prep.queries)
-        scores = np.zeros((q, 2))
+        scores = np.zeros((q, len(self.word_ids)))
         if q == 0:
             return scores
         jobs = []  # (query index, suffix, targets)
@@ -311,10 +315,15 @@ class ICLScorer:
 
     def predict_proba(self, context_texts: Sequence[str], context_labels: Sequence[int],
                       query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
-        """P(label = 1) for each query: softmax over the two label-word scores."""
+        """P(label = 1) for each query (two label words: softmax over their scores), or (q, C)
+        P(label = c) for C > 2 words."""
         s = self.label_scores(context_texts, context_labels, query_texts, use_cache=use_cache)
+        C = s.shape[1]
         if s.shape[0] == 0:
-            return np.zeros(0)
+            return np.zeros(0) if C == 2 else np.zeros((0, C))
+        if C > 2:
+            e = np.exp(s - s.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         d = s[:, 1] - s[:, 0]
         return 1.0 / (1.0 + np.exp(-np.clip(d, -700, 700)))
 
@@ -341,7 +350,7 @@ def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes
             yield None
             continue
         t0 = time.time()
-        ctx = context_sets(pool.labels, [k], seed)[k]
+        ctx = context_sets(pool.labels, [k], seed, n_classes=pool.n_classes)[k]
         p = scorer.predict_proba(truncate([pool.texts[j] for j in ctx], max_chars), pool.labels[ctx],
                                  truncate(test.texts, max_chars))
         yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,

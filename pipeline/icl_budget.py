@@ -123,7 +123,7 @@ def grid_prompt_problems(dataset: str, options: dict, backbone: str, ks: Sequenc
     for k in ks:
         over = []
         for seed in seeds:
-            ctx = context_sets(pool.labels, [k], seed)[k]
+            ctx = context_sets(pool.labels, [k], seed, n_classes=pool.n_classes)[k]
             n = prompt_length(tok, [texts[i] for i in ctx], pool.labels[ctx], pool.label_names, queries, q_lengths)
             if n.total > limit:
                 over.append((seed, n))

@@ -285,9 +285,10 @@ def register(name: str, *, needs_reasoner: bool = False, pca_dims: Union[int, st
 
 
 def register_text_method(name: str, runner: str, *, protocol: str, needs_causal: bool = False,
-                         modalities: Optional[tuple[str, ...]] = None) -> None:
+                         modalities: Optional[tuple[str, ...]] = None, multiclass: bool = False) -> None:
     """Register a TEXTS method by its lazy "module:function" runner (see `Method.load_runner`)."""
     _add(Method(name, runs_on=TEXTS, needs_causal=needs_causal, modalities=modalities, protocol=protocol,
+                multiclass=multiclass,
                 runner=runner))
 
 
@@ -421,4 +422,5 @@ def _lr_full(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None
 
 # The in-context-learning baseline: the causal backbone reads a prompt of the k labelled texts and
 # scores the two label words (pipeline.icl); one LM load serves every (k, seed) of a group.
-register_text_method("icl", "pipeline.icl:score_group", protocol="prompt", needs_causal=True, modalities=("text",))
+register_text_method("icl", "pipeline.icl:score_group", protocol="prompt", needs_causal=True, modalities=("text",),
+                     multiclass=True)

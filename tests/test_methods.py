@@ -201,8 +201,7 @@ def test_multi_class_input_errors(reasoner):
         run_method("lr_probe", Xc, yc, Xq)
     with pytest.raises(MethodError, match=r"class indices 0\.\.2"):
         run_method("lr_probe", Xc, yc + 1, Xq, n_classes=3)
-    assert not get_method("icl").multiclass  # the grid refuses icl on a multi-class dataset
-    assert all(get_method(m).multiclass for m in ("tart", "lr_probe", "lr_full"))
+    assert all(get_method(m).multiclass for m in ("tart", "lr_probe", "lr_full", "icl"))
 
 
 def test_multi_class_cell_metrics():
