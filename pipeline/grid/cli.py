@@ -20,7 +20,8 @@ from .spec import DEFAULT_GRID, GridError, GridSpec, expand_grid
 
 FIELD_HELP = {
     "name": "grid id: results live under <storage>/<name>/",
-    "datasets": "names, or {name, options} mappings",
+    "datasets": "names, or {name, options} mappings (a class pair: positive_class + negative_class; "
+                "a multi-class task: classes=[...], then every k a multiple of the number of classes)",
     "backbones": "registered names, HF ids or local folders",
     "methods": "from pipeline.methods (tart, lr_probe, lr_full, icl)",
     "reasoners": '"default" (the shipped default), v1 | v2 (shipped by name), checkpoint dirs, or models:/NAME@ALIAS | models:/NAME/VERSION '
