@@ -203,9 +203,11 @@ def _paired(df: pd.DataFrame, ref: str):
             same = len({v.shape for v in per_k}) == 1 and per_k[0].ndim == 2
             values = np.stack(per_k) if same else np.concatenate([v.mean(axis=-1) if v.ndim == 2 else v for v in per_k])
             ci = interval(values)
-            gain = float(np.mean([t.loc[key, "accuracy"] - base.loc[key, "accuracy"] for key in keys]))
-            rows.append(dict(grid=group[0], dataset=group[1], backbone=group[2], mean=gain, count=len(keys),
-                             ci_low=ci.low, ci_high=ci.high, ci_over=ci.level))
+            per_cell = np.array([t.loc[key, "accuracy"] - base.loc[key, "accuracy"] for key in keys])
+            rows.append(dict(grid=group[0], dataset=group[1], backbone=group[2], mean=float(per_cell.mean()),
+                             count=len(keys), ci_low=ci.low, ci_high=ci.high, ci_over=ci.level,
+                             wins=int((per_cell > 0).sum()), ties=int((per_cell == 0).sum()),
+                             losses=int((per_cell < 0).sum())))
             diffs.append((values, len(keys)))
         yield label, diffs, pd.DataFrame(rows)
 
@@ -289,10 +291,11 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
         g = gains(df, ref)
         if not g.empty:
             md += [f"## Gain of tart over {ref} (paired on each seed's context and test set; 95% bootstrap interval)",
-                   "", "| tart | grid | dataset | backbone | gain | 95% interval | cells |",
-                   "|---|---|---|---|---|---|---|"]
+                   "", "| tart | grid | dataset | backbone | gain | 95% interval | cells | wins / ties / losses |",
+                   "|---|---|---|---|---|---|---|---|"]
             md += [f"| {r.tart} | {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | "
-                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['count']} |" for _, r in g.iterrows()]
+                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['count']} | {r.wins} / {r.ties} / {r.losses} |"
+                   for _, r in g.iterrows()]
             md.append("")
             for label, ci in average_gains(df, ref).items():
                 md.append(f"Average gain of {label} over {ref}: **{ci.mean:+.3f}** "

@@ -66,3 +66,6 @@ def test_compare_reports_intervals_for_accuracies_and_paired_gains(tmp_path):
     low, high = (float(x) for x in line.split("[")[1].rstrip("])").split(","))
     gain = float(line.split("**")[1])
     assert low < gain < high and gain > 0
+    row = next(ln for ln in md.splitlines() if ln.startswith("| tart | g | toy |"))
+    wins, ties, losses = (int(x) for x in row.rstrip(" |").split("|")[-1].split("/"))
+    assert wins + ties + losses == 5 and wins > losses
