@@ -140,10 +140,16 @@ def _label(df: pd.DataFrame) -> pd.Series:
     return lab
 
 
-def _values(rows: pd.DataFrame) -> np.ndarray:
+LOWER_IS_BETTER = ("nll", "brier", "ece")
+
+
+def _values(rows: pd.DataFrame, metric: str = "accuracy") -> np.ndarray:
     """What a bootstrap resamples for these cells (one per seed): their per-example correctness
-    (S, n) when the frame holds predictions (a results table), else their accuracies (S,)."""
+    (S, n) when the metric is accuracy and the frame holds predictions (a results table), else the
+    cells' values of the metric (S,)."""
     rows = rows.sort_values("seed")
+    if metric != "accuracy":
+        return rows[metric].to_numpy(dtype=np.float64)
     if "probs" in rows and "labels" in rows:
         m = correct_matrix(rows["probs"].tolist(), rows["labels"].tolist(),
                            rows["n_classes"].tolist() if "n_classes" in rows else None)
@@ -152,35 +158,36 @@ def _values(rows: pd.DataFrame) -> np.ndarray:
     return rows["accuracy"].to_numpy(dtype=np.float64)
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std over seeds and a 95% bootstrap interval (seeds x test examples where the
-    predictions are known, else seeds) of accuracy per grid x dataset x backbone x method x k."""
+def summarize(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Mean, std over seeds and a 95% bootstrap interval (for accuracy: seeds x test examples where
+    the predictions are known; else seeds) of `metric` per grid x dataset x backbone x method x k."""
     if df.empty:
         raise CompareError("no results to compare (no cell runs matched the filters)")
     d = df.assign(method=_label(df))
+    d = d[d[metric].notna()]
     out = []
     for key, rows in d.groupby(["grid", *KEYS]):
-        ci = interval(_values(rows))
-        out.append(dict(zip(["grid", *KEYS], key), mean=rows["accuracy"].mean(), std=rows["accuracy"].std(),
+        ci = interval(_values(rows, metric))
+        out.append(dict(zip(["grid", *KEYS], key), mean=rows[metric].mean(), std=rows[metric].std(),
                         count=len(rows), ci_low=ci.low, ci_high=ci.high, ci_over=ci.level))
     out = pd.DataFrame(out)
     out["std"] = out["std"].fillna(0.0)
     return out
 
 
-def gains(df: pd.DataFrame, ref: str) -> pd.DataFrame:
+def gains(df: pd.DataFrame, ref: str, metric: str = "accuracy") -> pd.DataFrame:
     """Mean accuracy gain of tart (each reasoner method) over `ref`, paired on (grid, dataset, backbone, k, seed).
 
     One row per tart variant (`tart`, or `tart@<digest>` when the grid compares reasoners):
     averaging two reasoners' accuracies into one "tart" would report neither.
     """
     out = []
-    for label, _, g in _paired(df, ref):
+    for label, _, g in _paired(df, ref, metric):
         out.append(g.assign(tart=label))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def _paired(df: pd.DataFrame, ref: str):
+def _paired(df: pd.DataFrame, ref: str, metric: str = "accuracy"):
     """Per tart variant: (label, the paired differences per (grid, dataset, backbone) as bootstrap
     values, the gains frame with mean, count and its 95% interval)."""
     pair = ["grid", "dataset", "backbone", "k", "seed"]
@@ -197,25 +204,26 @@ def _paired(df: pd.DataFrame, ref: str):
             per_k = []
             for k in sorted({key[3] for key in keys}):
                 ks = [key for key in keys if key[3] == k]
-                a, b = _values(t.loc[ks].reset_index()), _values(base.loc[ks].reset_index())
+                a, b = _values(t.loc[ks].reset_index(), metric), _values(base.loc[ks].reset_index(), metric)
                 per_k.append(a - b if a.shape == b.shape else
-                             t.loc[ks, "accuracy"].to_numpy() - base.loc[ks, "accuracy"].to_numpy())
+                             t.loc[ks, metric].to_numpy() - base.loc[ks, metric].to_numpy())
             same = len({v.shape for v in per_k}) == 1 and per_k[0].ndim == 2
             values = np.stack(per_k) if same else np.concatenate([v.mean(axis=-1) if v.ndim == 2 else v for v in per_k])
             ci = interval(values)
-            per_cell = np.array([t.loc[key, "accuracy"] - base.loc[key, "accuracy"] for key in keys])
+            per_cell = np.array([t.loc[key, metric] - base.loc[key, metric] for key in keys])  # tart - ref
+            better = -per_cell if metric in LOWER_IS_BETTER else per_cell  # > 0: tart wins the cell
             rows.append(dict(grid=group[0], dataset=group[1], backbone=group[2], mean=float(per_cell.mean()),
                              count=len(keys), ci_low=ci.low, ci_high=ci.high, ci_over=ci.level,
-                             wins=int((per_cell > 0).sum()), ties=int((per_cell == 0).sum()),
-                             losses=int((per_cell < 0).sum())))
+                             wins=int((better > 0).sum()), ties=int((better == 0).sum()),
+                             losses=int((better < 0).sum())))
             diffs.append((values, len(keys)))
         yield label, diffs, pd.DataFrame(rows)
 
 
-def average_gains(df: pd.DataFrame, ref: str) -> dict[str, Interval]:
+def average_gains(df: pd.DataFrame, ref: str, metric: str = "accuracy") -> dict[str, Interval]:
     """Per tart variant, its average gain over `ref` across every paired cell, with a stratified
     bootstrap interval (each dataset x backbone resampled on its own, weighted by its cells)."""
-    return {label: pooled(diffs) for label, diffs, _ in _paired(df, ref)}
+    return {label: pooled(diffs) for label, diffs, _ in _paired(df, ref, metric)}
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
@@ -248,8 +256,8 @@ def metrics_markdown(means: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """accuracy vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method."""
+def plot(summary: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list[Path]:
+    """`metric` vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method."""
     import matplotlib  # only to plot; the Agg backend must be chosen before pyplot is imported
 
     matplotlib.use("Agg")
@@ -266,12 +274,13 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(g["k"].unique()), labels=[str(k) for k in sorted(g["k"].unique())])
         ax.set_xlabel("k (context examples)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(metric)
         ax.set_title(f"{ds} / {bb} ({grid})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / f"acc_vs_k__{grid}__{ds}__{bb.replace('/', '_')}.png"
+        stem = "acc" if metric == "accuracy" else metric
+        path = out_dir / f"{stem}_vs_k__{grid}__{ds}__{bb.replace('/', '_')}.png"
         tmp = path.with_suffix(".tmp.png")
         fig.savefig(tmp, dpi=110)
         plt.close(fig)
@@ -280,25 +289,34 @@ def plot(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def report(df: pd.DataFrame, out_dir: Path) -> dict:
-    """Write summary.md, summary.csv, gains CSVs and plots; returns paths and the markdown."""
+def report(df: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> dict:
+    """Write summary.md, summary.csv, gains CSVs and plots of `metric` (any of QUALITY_METRICS);
+    returns paths and the markdown."""
+    if metric not in QUALITY_METRICS:
+        raise CompareError(f"metric={metric!r}: expected one of {', '.join(QUALITY_METRICS)}")
+    if metric not in df or df[metric].isna().all():
+        raise CompareError(f"no cell records {metric!r} (runs from before it was computed, or AUC of multi-class cells)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(df)
+    summary = summarize(df, metric)
     over = "seeds x test examples" if (summary["ci_over"] == "seeds x examples").all() else "seeds"
-    md = [f"## Accuracy (mean [95% bootstrap interval over {over}])", "", markdown_table(summary), ""]
+    better = " (lower is better)" if metric in LOWER_IS_BETTER else ""
+    name = "Accuracy" if metric == "accuracy" else metric
+    md = [f"## {name}{better} (mean [95% bootstrap interval over {over}])", "", markdown_table(summary), ""]
     files = {}
     for ref in BASELINES:
-        g = gains(df, ref)
+        g = gains(df, ref, metric)
         if not g.empty:
-            md += [f"## Gain of tart over {ref} (paired on each seed's context and test set; 95% bootstrap interval)",
+            what = "Gain" if metric == "accuracy" else f"Difference in {metric}{better}"
+            md += [f"## {what} of tart over {ref} (paired on each seed's context and test set; 95% bootstrap interval)",
                    "", "| tart | grid | dataset | backbone | gain | 95% interval | cells | wins / ties / losses |",
                    "|---|---|---|---|---|---|---|---|"]
             md += [f"| {r.tart} | {r.grid} | {r.dataset} | {r.backbone} | {r['mean']:+.3f} | "
                    f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['count']} | {r.wins} / {r.ties} / {r.losses} |"
                    for _, r in g.iterrows()]
             md.append("")
-            for label, ci in average_gains(df, ref).items():
-                md.append(f"Average gain of {label} over {ref}: **{ci.mean:+.3f}** "
+            for label, ci in average_gains(df, ref, metric).items():
+                md.append(f"Average {'gain' if metric == 'accuracy' else metric + ' difference'} of {label} over {ref}: "
+                          f"**{ci.mean:+.3f}** "
                           f"(95% interval [{ci.low:+.3f}, {ci.high:+.3f}])")
             md.append("")
             files[f"gain_vs_{ref}.csv"] = g
@@ -312,7 +330,7 @@ def report(df: pd.DataFrame, out_dir: Path) -> dict:
     summary.to_csv(out_dir / "summary.csv", index=False)
     for name, frame in files.items():
         frame.to_csv(out_dir / name, index=False)
-    plots = plot(summary, out_dir)
+    plots = plot(summary, out_dir, metric)
     return {"markdown": text, "brief": brief, "dir": str(out_dir), "plots": [str(p) for p in plots]}
 
 
@@ -359,6 +377,11 @@ class CompareConfig:
     backbone: Optional[str] = None
     out: str = "tart_runs/compare/latest"  # directory for markdown, CSV and PNG outputs
     log_run: bool = False  # log the outputs as artifacts of a new MLflow run
+    metric: str = "accuracy"  # what the tables, intervals and plots show: any metric a cell records
+
+    def validate(self) -> None:
+        if self.metric not in QUALITY_METRICS:
+            raise ConfigError(f"metric={self.metric!r}: expected one of {', '.join(QUALITY_METRICS)}")
 
 
 FIELD_HELP = {
@@ -369,6 +392,8 @@ FIELD_HELP = {
     "backbone": "only this backbone",
     "out": "directory for the markdown, CSV and PNG outputs",
     "log_run": "also log the outputs as artifacts of a new MLflow run",
+    "metric": "accuracy | macro_f1 | auc | nll | brier | ece (ECE: 10 bins over [1/C, 1] for C > 2, "
+              "5 over [0.5, 1] for two classes)",
 }
 
 
@@ -382,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(CompareConfig, a.config, a.overrides)
         df = load_runs(cfg.mlflow_uri, cfg.experiment, cfg.grids or None, cfg.dataset, cfg.backbone)
-        rep = report(df, Path(cfg.out))
+        rep = report(df, Path(cfg.out), cfg.metric)
     except (ConfigError, CompareError) as e:
         print(f"tart compare: error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.uncertainty import correct_matrix, interval, pooled
 
@@ -69,3 +70,23 @@ def test_compare_reports_intervals_for_accuracies_and_paired_gains(tmp_path):
     row = next(ln for ln in md.splitlines() if ln.startswith("| tart | g | toy |"))
     wins, ties, losses = (int(x) for x in row.rstrip(" |").split("|")[-1].split("/"))
     assert wins + ties + losses == 5 and wins > losses
+
+
+def test_compare_any_metric_with_lower_is_better_wins(tmp_path):
+    from pipeline.compare import CompareError, main, report
+
+    rows = []
+    for seed in range(4):
+        for method, nll, acc in (("lr_probe", 0.50, 0.80), ("tart", 0.40, 0.78)):
+            rows.append({"grid": "g", "dataset": "toy", "backbone": "b", "protocol": "stream", "method": method,
+                         "reasoner_digest": "a" * 16 if method == "tart" else "-", "k": 18, "seed": seed,
+                         "accuracy": acc + 0.01 * seed, "nll": nll + 0.01 * seed, "cell_id": f"{method}{seed}"})
+    df = pd.DataFrame(rows)
+    md = report(df, tmp_path, "nll")["markdown"]
+    assert "## nll (lower is better)" in md and "Difference in nll (lower is better) of tart over lr_probe" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| tart | g | toy |"))
+    assert "-0.100" in row and row.rstrip(" |").endswith("4 / 0 / 0")  # lower NLL in every cell: 4 wins
+    assert list(tmp_path.glob("nll_vs_k__*.png"))
+    with pytest.raises(CompareError, match="no cell records 'auc'"):
+        report(df, tmp_path, "auc")
+    assert main(["metric=f1"]) == 2
