@@ -136,6 +136,9 @@ def test_shipped_reasoners_by_name():
     assert shipped_dir("v1").name == "reasoner"
     with pytest.raises(ReasonerError, match="does not exist"):
         load_reasoner("/no/such/reasoner")
+    if not (shipped_dir("v1").parent / "reasoner_v2" / "model.safetensors").is_file():  # not shipped (yet)
+        with pytest.raises(ReasonerError, match="shipped reasoner 'v2' is not in this install"):
+            load_reasoner("v2")
 
 
 def test_class_conditional_episodes_are_balanced_and_their_separation_sets_the_accuracy():
