@@ -430,6 +430,16 @@ def test_grid_configs_load(path):
     assert spec.name and spec.datasets and spec.backbones
 
 
+@pytest.mark.parametrize("path", [p for p in GRID_CONFIGS if p.name != "paper.yaml"],
+                         ids=[p.name for p in GRID_CONFIGS if p.name != "paper.yaml"])
+def test_shipped_grids_expand_without_problems(path):
+    """Every offline grid we ship validates as a whole (datasets, sizes per class, reasoners, prompt
+    budgets): a config that names an unshipped reasoner or a test set its dataset cannot fill fails here."""
+    from pipeline.grid import expand
+
+    assert expand(load_config(GridSpec, path))
+
+
 def test_paper_grid_shape():
     """configs/grids/paper.yaml: the paper's grid (not expanded here: it needs the hub)."""
     from pipeline.datasets import _SPEC_FIELDS, load_dataset_spec
