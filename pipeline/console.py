@@ -117,6 +117,8 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
         _State.log_file, _State.file_handler = path, fh
     if not verbose:  # transformers' "Loading weights" bars (read at its import; Ray workers inherit it)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # read when Ray's logging module is first imported: set here, before any stage imports ray
+        os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", BENIGN_FORWARDED)
     route_third_party()
     if not verbose and sys.stderr.isatty():
         _filter_native_stderr()
@@ -126,6 +128,13 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
 # nothing a user can act on. Ray Data passes every actor pool's constructor through the object
 # store and keeps actor restarts on (our fault tolerance), so Ray warns about it on every pool.
 BENIGN_NATIVE = ("has constructor arguments in the object store and max_restarts > 0",)
+# Lines Ray forwards from its own actors' output to the driver that say nothing a user can act on
+# (Ray's RAY_DEDUP_LOGS_SKIP_REGEX drops them from the driver's output; they stay in Ray's worker
+# logs under its session folder). Ray Train's placement-group cleaner polls the state API, which a
+# local Ray without the dashboard does not serve, and warns on every poll.
+BENIGN_FORWARDED = ("Failed to query Ray Train Controller actor state|"
+                    "has constructor arguments in the object store and max_restarts > 0")
+
 
 
 def _filter_native_stderr() -> None:

@@ -114,3 +114,24 @@ def test_a_nested_progress_takes_the_line_and_gives_it_back():
     assert "\r[embed] 3/3 rows" in out
     after = out[out.index("[embed] 3/3 rows"):]
     assert "\r[cells] 0/2 cells" in after and "\r[cells] 2/2 cells" in after  # the outer one is redrawn
+
+
+def test_benign_lines_ray_forwards_from_its_actors_are_skipped_unless_verbose():
+    # in a child process: console.setup changes process-wide logging and the environment
+    code = textwrap.dedent("""
+        import os, re
+        from pipeline import console
+        console.setup(verbose=True)  # --verbose: Ray prints everything
+        assert "RAY_DEDUP_LOGS_SKIP_REGEX" not in os.environ
+        console.setup(verbose=False)
+        skip = re.compile(os.environ["RAY_DEDUP_LOGS_SKIP_REGEX"])
+        assert skip.search("Failed to query Ray Train Controller actor state. State API may be temporarily unavailable.")
+        assert skip.search("Actor with class name: 'PreemptionWatcher' and ID: '68' has constructor arguments in "
+                           "the object store and max_restarts > 0. If the arguments ...")
+        assert not skip.search("[train] step 2/2 loss 0.4750 dims 16 points 50 lr 1.00e-06 2.95 steps/s ETA 0.0 min")
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_DEDUP_LOGS_SKIP_REGEX"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
