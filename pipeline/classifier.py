@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening, get_method
+from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening, get_method, one_vs_rest
 from pipeline.modality import BACKBONE_KIND_MODALITY, adapter
 
 try:  # scikit-learn gives get_params/set_params/clone, `score`, input validation and tags
@@ -80,13 +80,6 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
             tags.input_tags.two_d_array = False
             tags.input_tags.string = True
         return tags
-
-    def __getstate__(self) -> dict:
-        """Pickle without the loaded models: they come back from the process caches on first use."""
-        state = dict(self.__dict__)
-        state.pop("_backbone_obj", None)
-        state.pop("_reasoner_obj", None)
-        return state
 
     # ------------------------------------------------------------------ helpers
 
@@ -189,12 +182,7 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
             p1 = reasoner.predict_proba(self.z_context_[None], self.y_context_[None], Zq[None],
                                         float64=True)[0].astype(np.float64)
             return np.stack([1.0 - p1, p1], axis=1)
-        # one-vs-rest: episode c labels class c 1 and the rest 0; the C episodes in one call
-        yc = (self.y_context_[None, :] == np.arange(C)[:, None]).astype(np.int64)
-        p = reasoner.predict_proba(np.repeat(self.z_context_[None], C, 0), yc, np.repeat(Zq[None], C, 0),
-                                   float64=True)
-        p = np.clip(p.T.astype(np.float64), 1e-12, None)
-        return p / p.sum(axis=1, keepdims=True)
+        return one_vs_rest(reasoner, self.z_context_, self.y_context_, Zq, C, float64=True)
 
     def predict(self, X: Any) -> np.ndarray:
         self._check_fitted()

@@ -386,14 +386,22 @@ def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, *
     w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
     Zc, Zq = w.transform(Xc), w.transform(Xq)
     C = int(opts.get("n_classes", 2))
-    if C > 2:  # one-vs-rest: episode c labels class c 1, the rest 0; all C episodes in one call
-        yc = (y[None, :] == np.arange(C)[:, None]).astype(np.int64)
-        p = reasoner.predict_proba(np.repeat(Zc[None], C, 0).astype(np.float32), yc,
-                                   np.repeat(Zq[None], C, 0).astype(np.float32)).T.astype(np.float64)
-        p = np.clip(p, 1e-12, None)
-        return p / p.sum(axis=1, keepdims=True)
+    if C > 2:
+        return one_vs_rest(reasoner, Zc, y, Zq, C)
     # One call for all q queries: the reasoner answers them in a single masked pass.
     return reasoner.predict_proba(Zc[None].astype(np.float32), y[None], Zq[None].astype(np.float32))[0]
+
+
+def one_vs_rest(reasoner: Any, Zc: np.ndarray, y: np.ndarray, Zq: np.ndarray, n_classes: int,
+                float64: bool = False) -> np.ndarray:
+    """(q, C) class probabilities from the binary reasoner: episode c labels class c 1 and the rest 0,
+    all C episodes in one batched call, each query's C answers normalised to sum to 1."""
+    yc = (y[None, :] == np.arange(n_classes)[:, None]).astype(np.int64)
+    dtype = np.float64 if float64 else np.float32
+    p = reasoner.predict_proba(np.repeat(Zc[None], n_classes, 0).astype(dtype), yc,
+                               np.repeat(Zq[None], n_classes, 0).astype(dtype), **({"float64": True} if float64 else {}))
+    p = np.clip(p.T.astype(np.float64), 1e-12, None)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
