@@ -4,19 +4,23 @@
     tart compare grids=[default,nightly]          # two grids side by side
     tart compare dataset=sms_spam backbone=smollm2-135m out=reports/
 
-Outputs: a markdown table of mean accuracy with its 95% bootstrap interval per
-dataset x backbone x method x k (one column per grid when several are compared), the gain
-of tart over icl and over lr_probe, paired on each seed's context and test set, with its
-interval (`pipeline.uncertainty`: seeds x test examples from a results table, seeds only from
-MLflow runs), CSV files (std too), and PNG plots of accuracy vs k per dataset/backbone (a
-line per method, interval bars), also logged as artifacts to an MLflow run.
+Outputs (`report`), into `out` and, by default, logged as the artifacts `compare/` of each grid's
+parent run (its latest launch; a re-run replaces them): summary.md, a markdown table of mean
+accuracy with its 95% bootstrap interval per dataset x backbone x method x k (one column per grid
+when several are compared), the gain of tart over each baseline (every registered method without a
+reasoner), paired on each seed's context and test set, with its interval and wins/ties/losses
+(`pipeline.uncertainty`: seeds x test examples from a results table, seeds only from MLflow runs),
+every metric's means, then the figures; CSV files (std, every metric's intervals, gains per k,
+reliability bins); PNG figures per grid x dataset x backbone (`pipeline.figures`): the metric vs k,
+every metric vs k, the seed spread, tart's paired gain over each baseline vs k and reliability
+diagrams. A grid's rows come from its results table when its launch run names one this machine
+reads (each query's probabilities: what intervals over examples and reliability diagrams need).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +29,26 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from . import figures
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .methods import TEXTS, known_methods
-from .storage import join
-from .uncertainty import Interval, correct_matrix, interval, pooled
-from .tracking import (KIND_CELL, KIND_COMPARE, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect, decode_cells,
-                       experiment_url, flat_metric, resolve_tracking_uri, tag_filter)
+from .storage import atomic_write_bytes, join, resolve
+from .uncertainty import PER_EXAMPLE, Interval, example_matrix, interval, pooled
+from .tracking import (KIND_CELL, KIND_COMPARE, KIND_LAUNCH, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect,
+                       decode_cells, experiment_url, flat_metric, resolve_tracking_uri, tag_filter)
 
 logger = logging.getLogger(__name__)
 
 KEYS = ["dataset", "backbone", "method", "k"]
-BASELINES = ("icl", "lr_probe")  # what the reasoner methods' gains are reported against
+ARTIFACT_PATH = "compare"  # where a report lies in an MLflow run's artifacts
+MANIFEST = "report.json"  # the files the last report wrote into its folder (a re-run removes the stale ones)
+
+
+def baselines(df: pd.DataFrame) -> list[str]:
+    """What the reasoner methods' gains are reported against: every registered method of the frame
+    that runs without a reasoner (the registry decides, not a list of names), in registry order."""
+    present = set(df["method"]) if "method" in df else set()
+    return [m for m in known_methods(needs_reasoner=False) if m in present]
 
 
 class CompareError(ValueError):
@@ -43,8 +56,11 @@ class CompareError(ValueError):
 
 
 def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", grids: Optional[list[str]] = None,
-              dataset: Optional[str] = None, backbone: Optional[str] = None) -> pd.DataFrame:
-    """Cell runs from MLflow as a flat frame (one row per cell)."""
+              dataset: Optional[str] = None, backbone: Optional[str] = None,
+              results_tables: bool = False) -> pd.DataFrame:
+    """Cell runs from MLflow as a flat frame (one row per cell). `results_tables`: a grid whose
+    results table its latest launch run names (param `storage`) and this machine can read gets its
+    rows from there instead, per-query predictions included (`with_results_tables`)."""
     uri = connect(mlflow_uri)
     import mlflow  # imported by connect (~4 s), which checks the store first
 
@@ -77,7 +93,60 @@ def load_runs(mlflow_uri: Optional[str] = None, experiment: str = "tart-grid", g
     if grids:
         df = df[df["grid"].isin(grids)]
     df = df.drop_duplicates("cell_id")
+    if results_tables:
+        df = with_results_tables(df, grid_launches(exp.experiment_id, sorted(df["grid"].dropna().unique())),
+                                 dataset, backbone)
     return df.assign(dataset=dataset_labels(df))
+
+
+def grid_launches(experiment_id: str, grids: list[str]) -> dict[str, Any]:
+    """Per grid, its parent run: the latest launch run (tags TAG_GRID = the grid, TAG_KIND =
+    KIND_LAUNCH), which holds the grid's params and gets its report. A grid without one is left out."""
+    import mlflow  # set up by connect
+
+    out = {}
+    for grid in grids:
+        launch = f"{tag_filter(TAG_GRID, grid)} and {tag_filter(TAG_KIND, KIND_LAUNCH)}"
+        runs = mlflow.search_runs([experiment_id], launch,
+                                  order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+        if runs:
+            out[grid] = runs[0]
+    return out
+
+
+def with_results_tables(df: pd.DataFrame, launches: dict[str, Any], dataset: Optional[str] = None,
+                        backbone: Optional[str] = None) -> pd.DataFrame:
+    """`df` (cells read back from MLflow) with each grid's rows replaced by its results table where
+    its launch run names one that can be read here (the table is the source of truth, and holds each
+    query's probabilities: intervals over test examples, reliability diagrams). Else the MLflow rows
+    stay (intervals over seeds, no reliability diagrams), and the log says why."""
+    from .grid.results import read_results
+    from .grid.spec import GridSpec
+
+    frames = []
+    for grid, rows in df.groupby("grid", sort=True):
+        run = launches.get(grid)
+        storage = run.data.params.get("storage") if run is not None else None
+        table = pd.DataFrame()
+        if storage:
+            try:
+                table = read_results(GridSpec(name=str(grid), storage=storage))
+            except Exception as e:  # noqa: BLE001 - unreachable storage: MLflow's metrics still compare
+                logger.warning(f"[compare] grid {grid!r}: cannot read its results table under {storage!r} "
+                               f"({type(e).__name__}: {e}); using the metrics in MLflow")
+        if len(table):
+            table = table.assign(grid=grid)
+            if dataset:
+                table = table[table["dataset"] == dataset]
+            if backbone:
+                table = table[table["backbone"] == backbone]
+            logger.info(f"[compare] grid {grid!r}: {len(table)} cells from its results table under {storage!r}")
+            frames.append(table)
+        else:
+            logger.info(f"[compare] grid {grid!r}: no results table here (storage {storage!r}); MLflow's metrics "
+                        f"only: intervals over seeds, no reliability diagrams")
+            frames.append(rows)
+    return pd.concat(frames, ignore_index=True) if frames else df
 
 
 SIZE_OPTIONS = ("test_size", "train_size")  # set grid-wide: they make another test set, not another task
@@ -143,19 +212,22 @@ def _label(df: pd.DataFrame) -> pd.Series:
 LOWER_IS_BETTER = ("nll", "brier", "ece")
 
 
+def _has_values(v: Any) -> bool:
+    """Whether a results-table cell holds a list of values (rows read back from MLflow hold NaN)."""
+    return isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0
+
+
 def _values(rows: pd.DataFrame, metric: str = "accuracy") -> np.ndarray:
-    """What a bootstrap resamples for these cells (one per seed): their per-example correctness
-    (S, n) when the metric is accuracy and the frame holds predictions (a results table), else the
-    cells' values of the metric (S,)."""
+    """What a bootstrap resamples for these cells (one per seed): their per-example values (S, n)
+    when the metric is a mean over the test examples (accuracy, NLL, Brier: `PER_EXAMPLE`) and the
+    frame holds predictions (a results table), else the cells' values of the metric (S,)."""
     rows = rows.sort_values("seed")
-    if metric != "accuracy":
-        return rows[metric].to_numpy(dtype=np.float64)
-    if "probs" in rows and "labels" in rows:
-        m = correct_matrix(rows["probs"].tolist(), rows["labels"].tolist(),
-                           rows["n_classes"].tolist() if "n_classes" in rows else None)
+    if metric in PER_EXAMPLE and "probs" in rows and "labels" in rows and rows["probs"].map(_has_values).all():
+        m = example_matrix(rows["probs"].tolist(), rows["labels"].tolist(),
+                           rows["n_classes"].tolist() if "n_classes" in rows else None, metric)
         if m is not None:
             return m
-    return rows["accuracy"].to_numpy(dtype=np.float64)
+    return rows[metric].to_numpy(dtype=np.float64)
 
 
 def summarize(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
@@ -226,6 +298,30 @@ def average_gains(df: pd.DataFrame, ref: str, metric: str = "accuracy") -> dict[
     return {label: pooled(diffs) for label, diffs, _ in _paired(df, ref, metric)}
 
 
+def gains_by_k(df: pd.DataFrame, ref: str, metric: str = "accuracy") -> pd.DataFrame:
+    """tart's (each reasoner method's) difference in `metric` over `ref` per grid x dataset x
+    backbone x k, paired on each seed's context and test set: mean over the paired cells and its
+    95% bootstrap interval (seeds x test examples where `_values` has per-example values, else
+    seeds). One row per tart variant x k; columns tart, baseline, grid, dataset, backbone, k, mean,
+    count, ci_low, ci_high, ci_over."""
+    pair = ["grid", "dataset", "backbone", "k", "seed"]
+    d = df[df[metric].notna()].assign(label=_label(df[df[metric].notna()]))
+    base = d[d["method"] == ref].drop_duplicates(pair).set_index(pair)
+    out = []
+    for label, t_rows in d[d["method"].isin(known_methods(needs_reasoner=True))].groupby("label"):
+        t = t_rows.drop_duplicates(pair).set_index(pair)
+        common = t.index.intersection(base.index)
+        for key, idx in pd.Series(range(len(common)), index=common).groupby(level=[0, 1, 2, 3]):
+            keys = common[idx.to_numpy()]
+            a, b = _values(t.loc[keys].reset_index(), metric), _values(base.loc[keys].reset_index(), metric)
+            per_cell = (t.loc[keys, metric].to_numpy(dtype=np.float64)
+                        - base.loc[keys, metric].to_numpy(dtype=np.float64))
+            ci = interval(a - b if a.shape == b.shape else per_cell)
+            out.append(dict(tart=label, baseline=ref, **dict(zip(pair[:4], key)), mean=float(per_cell.mean()),
+                            count=len(keys), ci_low=ci.low, ci_high=ci.high, ci_over=ci.level))
+    return pd.DataFrame(out)
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     grids = sorted(summary["grid"].unique())
     cell = summary.assign(v=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
@@ -256,13 +352,12 @@ def metrics_markdown(means: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list[Path]:
-    """`metric` vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method."""
-    import matplotlib  # only to plot; the Agg backend must be chosen before pyplot is imported
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(summary: pd.DataFrame, out_dir: Path, metric: str = "accuracy",
+         colour: Optional[dict] = None) -> list[tuple[tuple, Path]]:
+    """`metric` vs k with 95% intervals, one PNG per grid x dataset x backbone, one line per method;
+    returns ((grid, dataset, backbone), path) pairs."""
+    plt = figures._pyplot()
+    colour = colour or figures.colours(summary["method"])
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for (grid, ds, bb), g in summary.groupby(["grid", "dataset", "backbone"]):
@@ -270,7 +365,7 @@ def plot(summary: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list
         for method, m in g.groupby("method"):
             m = m.sort_values("k")
             yerr = [m["mean"] - m["ci_low"], m["ci_high"] - m["mean"]]  # the 95% bootstrap interval
-            ax.errorbar(m["k"], m["mean"], yerr=yerr, marker="o", capsize=3, label=method)
+            ax.errorbar(m["k"], m["mean"], yerr=yerr, marker="o", capsize=3, label=method, color=colour.get(method))
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(g["k"].unique()), labels=[str(k) for k in sorted(g["k"].unique())])
         ax.set_xlabel("k (context examples)")
@@ -278,20 +373,27 @@ def plot(summary: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> list
         ax.set_title(f"{ds} / {bb} ({grid})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        stem = "acc" if metric == "accuracy" else metric
-        path = out_dir / f"{stem}_vs_k__{grid}__{ds}__{bb.replace('/', '_')}.png"
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
-        paths.append(path)
+        fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.9)
+        path = out_dir / figures.figure_name(f"{figures.metric_stem(metric)}_vs_k", grid, ds, bb)
+        paths.append(((grid, ds, bb), figures.save(fig, path, dpi=110)))
     return paths
 
 
+def _write(path: Path, data: bytes) -> None:
+    fs, p = resolve(str(path))
+    atomic_write_bytes(fs, p, data)
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
 def report(df: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> dict:
-    """Write summary.md, summary.csv, gains CSVs and plots of `metric` (any of QUALITY_METRICS);
-    returns paths and the markdown."""
+    """Write the report of `df` into `out_dir`: summary.md (the tables, then the figures), CSVs
+    (summary, every metric's intervals, gains, gains per k, reliability bins) and the PNGs
+    (`pipeline.figures`), each atomically; files an earlier report wrote there and this one does
+    not are removed. `metric` (any of QUALITY_METRICS) is the one the tables, gains and seed
+    spread show. Returns the paths (`files`: everything written), the markdown and the brief."""
     if metric not in QUALITY_METRICS:
         raise CompareError(f"metric={metric!r}: expected one of {', '.join(QUALITY_METRICS)}")
     if metric not in df or df[metric].isna().all():
@@ -303,7 +405,8 @@ def report(df: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> dict:
     name = "Accuracy" if metric == "accuracy" else metric
     md = [f"## {name}{better} (mean [95% bootstrap interval over {over}])", "", markdown_table(summary), ""]
     files = {}
-    for ref in BASELINES:
+    by_k = []
+    for ref in baselines(df):
         g = gains(df, ref, metric)
         if not g.empty:
             what = "Gain" if metric == "accuracy" else f"Difference in {metric}{better}"
@@ -320,24 +423,82 @@ def report(df: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> dict:
                           f"(95% interval [{ci.low:+.3f}, {ci.high:+.3f}])")
             md.append("")
             files[f"gain_vs_{ref}.csv"] = g
+            by_k.append(gains_by_k(df, ref, metric))
     brief = "\n".join(md)  # what a console shows; summary.md has every metric too
     means = metric_means(df)
-    md += ["## Every metric (mean over seeds; NLL, Brier and ECE: lower is better; AUC for two classes)", "",
-           metrics_markdown(means), ""]
+    md += [f"## Every metric (mean over seeds; NLL, Brier and ECE: lower is better; AUC for two classes; "
+           f"{figures.ECE_BINNING})", "", metrics_markdown(means), ""]
     files["metrics.csv"] = means
     text = "\n".join(md)
-    (out_dir / "summary.md").write_text(text)
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    for name, frame in files.items():
-        frame.to_csv(out_dir / name, index=False)
-    plots = plot(summary, out_dir, metric)
-    return {"markdown": text, "brief": brief, "dir": str(out_dir), "plots": [str(p) for p in plots]}
+
+    # the figures: every metric's intervals, gains per k, reliability bins, seed spread
+    labelled = df.assign(method=_label(df))
+    colour = figures.colours(labelled["method"])
+    summaries = {m: (summary if m == metric else summarize(df, m)) for m in figures.FIGURE_METRICS
+                 if m in df and df[m].notna().any()}
+    gk = pd.concat(by_k, ignore_index=True) if by_k else pd.DataFrame()
+    rel = figures.reliability(labelled)
+    files["intervals.csv"] = pd.concat([s.assign(metric=m) for m, s in summaries.items()], ignore_index=True)
+    files[f"{figures.metric_stem(metric)}_gain_by_k.csv"] = gk
+    if not rel.empty:
+        files["reliability.csv"] = rel
+    figs = (plot(summary, out_dir, metric, colour) + figures.plot_metrics(summaries, out_dir, colour)
+            + figures.plot_seeds(labelled, out_dir, metric, colour) + figures.plot_gains(gk, out_dir, metric, colour)
+            + figures.plot_reliability(rel, out_dir, colour))
+    full = text + "\n" + figures.markdown(figs, metric) + "\n"
+
+    written = [out_dir / "summary.md", out_dir / "summary.csv", *(out_dir / n for n in files), *(p for _, p in figs)]
+    _write(out_dir / "summary.md", full.encode())
+    _write(out_dir / "summary.csv", _csv(summary))
+    for fname, frame in files.items():
+        _write(out_dir / fname, _csv(frame))
+    _replace_manifest(out_dir, written)
+    return {"markdown": text, "brief": brief, "dir": str(out_dir), "plots": [str(p) for _, p in figs],
+            "files": [str(p) for p in written]}
 
 
-def log_artifacts(run_id: str, out_dir: Path, mlflow_uri: Optional[str] = None) -> None:
+def _replace_manifest(out_dir: Path, written: list[Path]) -> None:
+    """Record what this report wrote; remove what the previous one wrote and this one did not."""
+    names = sorted({p.name for p in written})
+    try:
+        before = json.loads((out_dir / MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    for stale in set(before) - set(names):
+        if "/" not in stale and stale != MANIFEST:
+            (out_dir / stale).unlink(missing_ok=True)
+    _write(out_dir / MANIFEST, (json.dumps({"files": names}, indent=1) + "\n").encode())
+
+
+def report_files(out_dir: Path) -> list[Path]:
+    """The files of the report in `out_dir` (its manifest's; without one, every file there)."""
+    try:
+        names = json.loads((out_dir / MANIFEST).read_text())["files"]
+        return [out_dir / n for n in names if (out_dir / n).is_file()]
+    except (OSError, ValueError, KeyError, TypeError):
+        return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def log_artifacts(run_id: str, out_dir: Path, mlflow_uri: Optional[str] = None) -> int:
+    """Log the report in `out_dir` as the run's `compare/` artifacts, replacing (not adding to) what
+    an earlier compare logged there; returns how many files were logged."""
     from mlflow.tracking import MlflowClient  # ~4 s to import: only when there is a run to log to
 
-    MlflowClient(resolve_tracking_uri(mlflow_uri)).log_artifacts(run_id, str(out_dir), artifact_path="compare")
+    uri = resolve_tracking_uri(mlflow_uri)
+    client = MlflowClient(uri)
+    if client.list_artifacts(run_id, ARTIFACT_PATH):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(client.get_run(run_id).info.artifact_uri, tracking_uri=uri).delete_artifacts(
+                ARTIFACT_PATH)
+        except Exception as e:  # noqa: BLE001 - a store that cannot delete: same-named files are still replaced
+            logger.warning(f"[compare] WARNING: could not remove the earlier {ARTIFACT_PATH}/ artifacts of run "
+                           f"{run_id} ({type(e).__name__}: {e}); files of the same name are overwritten")
+    files = report_files(out_dir)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=ARTIFACT_PATH)
+    return len(files)
 
 
 def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
@@ -356,7 +517,8 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
             log_artifacts(summary["parent_run_id"], out_dir, summary.get("mlflow_uri"))
         except Exception as e:  # noqa: BLE001
             logger.warning(f"[compare] WARNING: could not log artifacts to MLflow ({e})")
-    lines = [rep["brief"], f"\nevery metric (macro-F1, AUC, NLL, Brier, ECE), plots and tables: {out_dir.resolve()}"]
+    lines = [rep["brief"], f"\nthe report (every metric: macro-F1, AUC, NLL, Brier, ECE; figures; tables): "
+                           f"{(out_dir / 'summary.md').resolve()}"]
     if summary.get("mlflow_uri"):
         uri, exp_id = summary["mlflow_uri"], summary.get("experiment_id")
         if uri.startswith("sqlite"):
@@ -368,6 +530,22 @@ def compare_from_table(table: pd.DataFrame, spec: Any, summary: dict) -> dict:
     return {**rep, "text": "\n".join(lines)}
 
 
+def grid_reports(df: pd.DataFrame, out_dir: Path, metric: str = "accuracy") -> dict[str, Path]:
+    """Per grid, the folder of its own report: `out_dir` itself (written by `report`) when the frame
+    holds one grid; with several, `out_dir/grids/<grid>/`, written here (a grid without `metric`
+    gets none)."""
+    grids = sorted(df["grid"].dropna().unique())
+    if len(grids) == 1:
+        return {grids[0]: out_dir}
+    out = {}
+    for grid in grids:
+        try:
+            out[grid] = Path(report(df[df["grid"] == grid], out_dir / "grids" / figures.slug(grid), metric)["dir"])
+        except CompareError as e:
+            logger.info(f"[compare] grid {grid!r}: no report of its own ({e})")
+    return out
+
+
 @dataclass
 class CompareConfig:
     mlflow_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
@@ -376,6 +554,7 @@ class CompareConfig:
     dataset: Optional[str] = None
     backbone: Optional[str] = None
     out: str = "tart_runs/compare/latest"  # directory for markdown, CSV and PNG outputs
+    log_grid: bool = True  # log each grid's report to its parent run (compare/, replacing an earlier one)
     log_run: bool = False  # log the outputs as artifacts of a new MLflow run
     metric: str = "accuracy"  # what the tables, intervals and plots show: any metric a cell records
 
@@ -390,7 +569,9 @@ FIELD_HELP = {
     "grids": "grid ids to include, e.g. grids=[default,nightly] (empty: every grid)",
     "dataset": "only this dataset",
     "backbone": "only this backbone",
-    "out": "directory for the markdown, CSV and PNG outputs",
+    "out": "directory for the report: summary.md (tables, then figures), CSVs, PNGs",
+    "log_grid": "log each grid's report as artifacts compare/ of its parent run (its latest launch), "
+                "replacing what an earlier compare logged there",
     "log_run": "also log the outputs as artifacts of a new MLflow run",
     "metric": "accuracy | macro_f1 | auc | nll | brier | ece (ECE: 10 bins over [1/C, 1] for C > 2, "
               "5 over [0.5, 1] for two classes)",
@@ -402,17 +583,40 @@ def main(argv: list[str] | None = None) -> int:
                      defaults_epilog(CompareConfig(), FIELD_HELP, [
                          "  tart compare grids=[nightly-2026-11-24,nightly-2026-11-25] out=reports/",
                          "  tart compare dataset=sms_spam backbone=smollm2-135m",
+                         "  tart compare grids=[default] log_grid=false   # write the report, log nothing",
+                         "",
+                         "the report (out/): summary.md (intervals, paired gains, wins/ties/losses, every metric,",
+                         "then the figures), CSVs (summary, intervals, gains, gains per k, reliability bins) and",
+                         "PNGs per grid x dataset x backbone: <metric> vs k, every metric vs k, seed spread, tart's",
+                         "paired gain over each baseline vs k, reliability diagrams (from the grid's results table:",
+                         "its per-query probabilities). Several grids: each also gets out/grids/<grid>/.",
                      ]), "compare.yaml", "grids=[default] out=reports/", ray=False)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(CompareConfig, a.config, a.overrides)
-        df = load_runs(cfg.mlflow_uri, cfg.experiment, cfg.grids or None, cfg.dataset, cfg.backbone)
+        df = load_runs(cfg.mlflow_uri, cfg.experiment, cfg.grids or None, cfg.dataset, cfg.backbone,
+                       results_tables=True)
         rep = report(df, Path(cfg.out), cfg.metric)
+        reports = grid_reports(df, Path(cfg.out), cfg.metric)
     except (ConfigError, CompareError) as e:
         print(f"tart compare: error: {e}", file=sys.stderr)
         return 2
     print(rep["markdown"])
-    print(f"\nplots and tables: {Path(cfg.out).resolve()}")
+    print(f"\nreport (summary.md: tables and figures; CSVs, PNGs): {Path(cfg.out).resolve()}")
+    if cfg.log_grid:
+        import mlflow  # set up by load_runs' connect
+
+        launches = grid_launches(mlflow.get_experiment_by_name(cfg.experiment).experiment_id, sorted(reports))
+        for grid, folder in reports.items():
+            run = launches.get(grid)
+            if run is None:
+                print(f"grid {grid!r}: no launch run in MLflow to log its report to")
+                continue
+            try:
+                n = log_artifacts(run.info.run_id, folder, cfg.mlflow_uri)
+                print(f"grid {grid!r}: report logged to its run {run.info.run_id} ({n} files under {ARTIFACT_PATH}/)")
+            except Exception as e:  # noqa: BLE001 - the report is on disk either way
+                print(f"tart compare: warning: could not log grid {grid!r}'s report to MLflow ({e})", file=sys.stderr)
     if cfg.log_run:
         import mlflow  # set up by load_runs' connect
 

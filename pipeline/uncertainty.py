@@ -5,7 +5,9 @@ every seed of a (dataset, backbone, k) scores the same test examples. Both are s
 variance, so an interval resamples both: seeds with replacement, and test examples with
 replacement (the same examples for every seed of a replicate), two-level. Where per-example
 predictions are not at hand (runs read back from MLflow hold one accuracy per cell), only
-seeds are resampled and the table says so.
+seeds are resampled and the table says so. NLL and the Brier score are means over the test
+examples too (`example_matrix`), resampled the same way; AUC, macro-F1 and ECE are not, so their
+intervals resample seeds only.
 
 A difference between two methods is paired: the methods share each seed's context set and the
 test set, so the bootstrap resamples the per-example differences (method A correct minus
@@ -40,19 +42,43 @@ class Interval:
         return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]"
 
 
+PER_EXAMPLE = ("accuracy", "nll", "brier")  # metrics that are a mean over the test examples
+
+
 def correct_matrix(probs: Sequence, labels: Sequence, n_classes: Optional[Sequence] = None) -> Optional[np.ndarray]:
     """(S, n) 0/1 correctness of S cells on one test set, or None when the cells' test sets differ
     in size (then only seed-level intervals are possible). Binary: P(1) >= 0.5 is class 1; a cell
     of C > 2 classes holds its (n, C) probabilities flat (n_classes says C) and predicts the argmax."""
+    return example_matrix(probs, labels, n_classes, "accuracy")
+
+
+def example_matrix(probs: Sequence, labels: Sequence, n_classes: Optional[Sequence] = None,
+                   metric: str = "accuracy") -> Optional[np.ndarray]:
+    """(S, n) per-example values of a metric that is a mean over the test examples (PER_EXAMPLE):
+    correctness, -log P(true class) (clipped at 1e-12) or the Brier score (summed over the classes
+    for C > 2), computed as `pipeline.grid.results.cell_metrics` does, so each row's mean is the
+    cell's value. None when the cells' test sets differ in size, or for another metric."""
     ys = [np.asarray(y) for y in labels]
-    if not ys or len({len(y) for y in ys}) != 1:
+    if metric not in PER_EXAMPLE or not ys or len({len(y) for y in ys}) != 1:
         return None
     out = []
     for i, (p, y) in enumerate(zip(probs, ys)):
-        p = np.asarray(p, dtype=np.float64)
+        p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
         C = int(n_classes[i]) if n_classes is not None and n_classes[i] == n_classes[i] else 2
-        pred = p.reshape(len(y), C).argmax(axis=1) if C > 2 else (p >= 0.5).astype(np.int64)
-        out.append((pred == y).astype(np.float64))
+        if C > 2:
+            p = p.reshape(len(y), C)
+            if metric == "accuracy":
+                out.append((p.argmax(axis=1) == y).astype(np.float64))
+            elif metric == "nll":
+                out.append(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))
+            else:
+                out.append(((p - np.eye(C)[y]) ** 2).sum(axis=1))
+        elif metric == "accuracy":
+            out.append(((p >= 0.5).astype(np.int64) == y).astype(np.float64))
+        elif metric == "nll":
+            out.append(-np.log(np.clip(np.where(y == 1, p, 1 - p), 1e-12, None)))
+        else:
+            out.append((p - y) ** 2)
     return np.stack(out)
 
 

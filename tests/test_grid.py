@@ -385,8 +385,9 @@ def test_compare_reads_mlflow_and_writes_tables_and_plots(tmp_path, sms_cache):
     assert rc == 0
     md = (out / "summary.md").read_text()
     assert "| sms_spam | minilm-l6 | tart | 18 |" in md and "Gain of tart over lr_probe" in md
-    pngs = list(out.glob("*.png"))
+    pngs = list(out.glob("acc_vs_k__*.png"))
     assert len(pngs) == 1 and pngs[0].stat().st_size > 5000
+    assert list(out.glob("reliability__*.png"))  # from the grid's results table: its per-query predictions
     import pandas as pd
 
     summary = pd.read_csv(out / "summary.csv")

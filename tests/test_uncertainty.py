@@ -90,3 +90,21 @@ def test_compare_any_metric_with_lower_is_better_wins(tmp_path):
     with pytest.raises(CompareError, match="no cell records 'auc'"):
         report(df, tmp_path, "auc")
     assert main(["metric=f1"]) == 2
+
+
+def test_per_example_values_average_to_the_cells_metrics():
+    """NLL and Brier intervals resample per-example values: each cell's row must average to its metric."""
+    from pipeline.grid.results import cell_metrics
+    from pipeline.uncertainty import example_matrix
+
+    rng = np.random.default_rng(4)
+    y2, y4 = rng.integers(0, 2, 50), rng.integers(0, 4, 50)
+    p2 = [rng.random(50) for _ in range(3)]
+    p4 = [rng.dirichlet(np.ones(4), 50) for _ in range(3)]
+    for metric in ("accuracy", "nll", "brier"):
+        m2 = example_matrix(p2, [y2] * 3, None, metric)
+        m4 = example_matrix([p.ravel() for p in p4], [y4] * 3, [4] * 3, metric)
+        assert m2.shape == m4.shape == (3, 50)
+        assert m2.mean(axis=1) == pytest.approx([cell_metrics(y2, p)[metric] for p in p2])
+        assert m4.mean(axis=1) == pytest.approx([cell_metrics(y4, p)[metric] for p in p4])
+    assert example_matrix(p2, [y2] * 3, None, "auc") is None  # not a mean over examples
