@@ -10,9 +10,10 @@ reasoner's context. `predict_proba` embeds the queries, whitens them with the sa
 map and answers all of them in one batched reasoner call.
 
 Classes: any labels sklearn accepts (`classes_` is their sorted array). Two classes: the
-reasoner sees classes_[1] as y=1. C > 2 classes: one-vs-rest composition of the binary
-reasoner (one episode per class, all C in one batched call; the C probabilities
-normalised to sum to 1).
+reasoner sees classes_[1] as y=1. C > 2 classes (`multiclass`): a multi-class reasoner
+answers natively, one pass for all C, up to its `classes`; a binary one (v1) is composed
+one-vs-rest (one episode per class, all C in one batched call, normalised to sum to 1).
+`multiclass="native"` refuses more classes than the reasoner takes; "ovr" forces one-vs-rest.
 
 Inputs: those of the backbone's modality (`pipeline.modality`): texts (list of str) for
 text backbones, images for vision backbones, 16 kHz mono float clips for audio backbones,
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.methods import DEFAULT_EPS, MethodError, fit_whitening, get_method, one_vs_rest
+from pipeline.methods import DEFAULT_EPS, MULTICLASS_MODES, MethodError, classify_classes, fit_whitening, get_method
 from pipeline.modality import BACKBONE_KIND_MODALITY, adapter
 
 try:  # scikit-learn gives get_params/set_params/clone, `score`, input validation and tags
@@ -61,16 +62,19 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
     d: PCA dims (<= the reasoner's d; default 16). eps: whitening epsilon.
     embed_batch_size: backbone batch size.
     allow_small_k: k <= d works with k-1 PCA directions (True) or is an error (False).
+    multiclass: C > 2 classes: "auto" (native when the reasoner takes C classes, else one-vs-rest),
+        "native" or "ovr".
     """
 
     def __init__(self, backbone: Any = "minilm-l6", reasoner: Any = None, d: int = 16, eps: float = DEFAULT_EPS,
-                 embed_batch_size: int = 16, allow_small_k: bool = True):
+                 embed_batch_size: int = 16, allow_small_k: bool = True, multiclass: str = "auto"):
         self.backbone = backbone
         self.reasoner = reasoner
         self.d = d
         self.eps = eps
         self.embed_batch_size = embed_batch_size
         self.allow_small_k = allow_small_k
+        self.multiclass = multiclass
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -147,6 +151,12 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
             raise MethodError(f"TartClassifier needs at least 2 classes in y; got {len(classes)} class "
                               f"({classes.tolist()})")
         reasoner = self._get_reasoner()
+        if self.multiclass not in MULTICLASS_MODES:
+            raise MethodError(f"multiclass={self.multiclass!r}: expected one of {', '.join(MULTICLASS_MODES)}")
+        if self.multiclass == "native" and len(classes) > reasoner.classes:
+            raise MethodError(f"y has {len(classes)} classes; this reasoner classifies at most {reasoner.classes} "
+                              f"natively (multiclass='native'): use multiclass='auto' or 'ovr' (one-vs-rest), or "
+                              f"a reasoner trained with more classes")
         # what tart needs of k and d lives in the method registry (the grid asks the same)
         get_method("tart").check_context(len(y), dims=self.d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
                                          allow_small_k=self.allow_small_k)
@@ -182,7 +192,7 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
             p1 = reasoner.predict_proba(self.z_context_[None], self.y_context_[None], Zq[None],
                                         float64=True)[0].astype(np.float64)
             return np.stack([1.0 - p1, p1], axis=1)
-        return one_vs_rest(reasoner, self.z_context_, self.y_context_, Zq, C, float64=True)
+        return classify_classes(reasoner, self.z_context_, self.y_context_, Zq, C, mode=self.multiclass, float64=True)
 
     def predict(self, X: Any) -> np.ndarray:
         self._check_fitted()

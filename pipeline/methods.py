@@ -379,7 +379,7 @@ def _logreg(C: float, max_iter: int):
 
 @register("tart", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
 def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("tart", opts, ("d", "eps", "allow_small_k", "n_classes"))
+    _check_opts("tart", opts, ("d", "eps", "allow_small_k", "n_classes", "multiclass"))
     d = int(opts.get("d", reasoner.d))
     REGISTRY["tart"].check_context(Xc.shape[0], dims=d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
                                    allow_small_k=opts.get("allow_small_k", False))
@@ -387,9 +387,41 @@ def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, *
     Zc, Zq = w.transform(Xc), w.transform(Xq)
     C = int(opts.get("n_classes", 2))
     if C > 2:
-        return one_vs_rest(reasoner, Zc, y, Zq, C)
+        return classify_classes(reasoner, Zc, y, Zq, C, mode=opts.get("multiclass", "auto"))
     # One call for all q queries: the reasoner answers them in a single masked pass.
     return reasoner.predict_proba(Zc[None].astype(np.float32), y[None], Zq[None].astype(np.float32))[0]
+
+
+@register("tart_ovr", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
+def _tart_ovr(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """tart with C > 2 classes always composed one-vs-rest: the baseline a native multi-class
+    reasoner must beat, on the same reasoner, features and episodes (binary tasks: tart itself)."""
+    return _tart(Xc, y, Xq, reasoner=reasoner, **{**opts, "multiclass": "ovr"})
+
+
+MULTICLASS_MODES = ("auto", "native", "ovr")
+
+
+def classify_classes(reasoner: Any, Zc: np.ndarray, y: np.ndarray, Zq: np.ndarray, n_classes: int,
+                     mode: str = "auto", float64: bool = False) -> np.ndarray:
+    """(q, C) class probabilities of C = n_classes classes from a reasoner on whitened features.
+
+    mode "native": one pass of a multi-class reasoner (`Reasoner.predict_proba_classes`; C up to
+    its `classes`); "ovr": the one-vs-rest composition of its binary answers (`one_vs_rest`, any C);
+    "auto": native when the reasoner classifies C classes natively, else one-vs-rest."""
+    if mode not in MULTICLASS_MODES:
+        raise MethodError(f"multiclass={mode!r}: expected one of {', '.join(MULTICLASS_MODES)}")
+    limit = int(getattr(reasoner, "classes", 2))
+    if mode == "native" and n_classes > limit:
+        raise MethodError(f"multiclass='native' with {n_classes} classes: this reasoner classifies at most {limit} "
+                          f"natively" + (" (a binary reasoner)" if limit == 2 else "")
+                          + "; use multiclass='ovr' (one-vs-rest) or a reasoner trained with more classes")
+    if mode == "ovr" or n_classes > limit:
+        return one_vs_rest(reasoner, Zc, y, Zq, n_classes, float64=float64)
+    dtype = np.float64 if float64 else np.float32
+    p = reasoner.predict_proba_classes(Zc[None].astype(dtype), y[None], Zq[None].astype(dtype), n_classes,
+                                       **({"float64": True} if float64 else {}))[0]
+    return p.astype(np.float64)
 
 
 def one_vs_rest(reasoner: Any, Zc: np.ndarray, y: np.ndarray, Zq: np.ndarray, n_classes: int,

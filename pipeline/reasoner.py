@@ -6,6 +6,11 @@ pre-LayerNorm decoder stack with learned positions follows, and a linear read-ou
 gives one logit per token; logits are read at the x positions, so the logit at x_i
 sees (x1, y1, ..., x_i) only. No token-embedding table exists at all.
 
+A multi-class reasoner (`classes` = C_max > 2) reads a label c as the one-hot token e_c
+over the first C_max coordinates and gives C_max logits per x token; an episode of
+C <= C_max classes reads the first C (a softmax over them). `classes=2` is the binary
+reasoner above (v1), recorded in checkpoints exactly as before the field existed.
+
 Inference answers q queries of an episode in one pass: the queries are appended
 after the k context pairs, all share position 2k (the slot of the (k+1)-th x), and
 an attention mask lets each query see the context and itself only. This gives the
@@ -51,6 +56,7 @@ class ReasonerConfig:
     n_layer: int = 6
     n_head: int = 4
     n_embd: int = 128
+    classes: int = 2  # 2: binary (one logit, the label in coordinate 0); C_max > 2: one-hot labels, C_max logits
 
     def validate(self) -> None:
         for name in ("d", "max_points", "n_layer", "n_head", "n_embd"):
@@ -58,6 +64,18 @@ class ReasonerConfig:
                 raise ReasonerError(f"reasoner {name}={getattr(self, name)}: expected >= 1")
         if self.n_embd % self.n_head:
             raise ReasonerError(f"reasoner n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.classes < 2:
+            raise ReasonerError(f"reasoner classes={self.classes}: expected >= 2")
+        if self.classes > self.d:
+            raise ReasonerError(f"reasoner classes={self.classes}: the one-hot label token needs d >= classes "
+                                f"(d={self.d})")
+
+    def record(self) -> dict:
+        """The config as checkpoints record it: a binary reasoner without `classes`, as before it existed."""
+        rec = asdict(self)
+        if self.classes == 2:
+            rec.pop("classes")
+        return rec
 
     @classmethod
     def of_size(cls, size: str, **kw) -> "ReasonerConfig":
@@ -99,7 +117,7 @@ class ReasonerModel(nn.Module):
         self.pos = nn.Embedding(2 * cfg.max_points, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.read_out = nn.Linear(cfg.n_embd, 1)
+        self.read_out = nn.Linear(cfg.n_embd, 1 if cfg.classes == 2 else cfg.classes)
         self.apply(self._init)
         # GPT-2 scaling of residual projections keeps early activations bounded in depth.
         for name, p in self.named_parameters():
@@ -114,19 +132,23 @@ class ReasonerModel(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
-    @staticmethod
-    def interleave(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def interleave(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(B, n, d) points and (B, n) labels -> (B, 2n, d) tokens x1, y1, x2, y2, ..."""
         b, n, d = x.shape
         y_tok = torch.zeros_like(x)
-        y_tok[:, :, 0] = y.to(x.dtype)
+        if self.cfg.classes == 2:
+            y_tok[:, :, 0] = y.to(x.dtype)
+        else:  # one-hot over the first `classes` coordinates
+            y_tok.scatter_(2, y.long()[:, :, None], 1.0)
         return torch.stack([x, y_tok], dim=2).reshape(b, 2 * n, d)
 
     def forward_tokens(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits per token: (B, T) for a binary reasoner, (B, T, classes) for a multi-class one."""
         h = self.read_in(tokens) + self.pos(positions)
         for blk in self.blocks:
             h = blk(h, mask)
-        return self.read_out(self.ln_f(h)).squeeze(-1)
+        out = self.read_out(self.ln_f(h))
+        return out.squeeze(-1) if self.cfg.classes == 2 else out
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, n_context: int | None = None) -> torch.Tensor:
         """Training pass: logits (B, n) at every x position, each seeing only earlier pairs; or,
@@ -139,7 +161,7 @@ class ReasonerModel(nn.Module):
         return self.forward_tokens(tokens, positions, None)[:, ::2]
 
     def query_logits(self, xc: torch.Tensor, yc: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
-        """Logits (B, q) for q queries, each conditioned on the k context pairs only."""
+        """Logits (B, q) (multi-class: (B, q, classes)) for q queries, each conditioned on the k context pairs only."""
         b, k, d = xc.shape
         q = xq.shape[1]
         ctx = self.interleave(xc, yc)
@@ -160,7 +182,7 @@ def save_checkpoint(model: ReasonerModel, directory: str | os.PathLike, extra: d
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"architecture": ARCHITECTURE, "reasoner": asdict(model.cfg), **(extra or {})}
+    meta = {"architecture": ARCHITECTURE, "reasoner": model.cfg.record(), **(extra or {})}
     tmp_w, tmp_c = out / f".{WEIGHTS_FILE}.tmp", out / f".{CONFIG_FILE}.tmp"
     save_file(state, str(tmp_w), metadata={"architecture": ARCHITECTURE})
     tmp_c.write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -271,10 +293,15 @@ class Reasoner:
         return self.model.cfg.max_points - 1
 
     @property
+    def classes(self) -> int:
+        """The most classes one episode may have: 2 for a binary reasoner (v1), C_max for a multi-class one."""
+        return self.model.cfg.classes
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _check(self, xc: np.ndarray, yc: np.ndarray, xq: np.ndarray) -> None:
+    def _check(self, xc: np.ndarray, yc: np.ndarray, xq: np.ndarray, n_classes: int = 2) -> None:
         if xc.ndim != 3 or xq.ndim != 3 or yc.ndim != 2:
             raise ReasonerError(
                 f"expected x_context (B, k, d), y_context (B, k), x_query (B, q, d); got shapes "
@@ -294,8 +321,10 @@ class Reasoner:
                 f"k={k} exceeds the reasoner's trained context: at most {self.max_k} context pairs "
                 f"(max_points={self.model.cfg.max_points} includes the query)"
             )
-        if not np.isin(yc, (0, 1)).all():
+        if n_classes == 2 and not np.isin(yc, (0, 1)).all():
             raise ReasonerError("y_context must hold binary labels in {0, 1}")
+        if n_classes > 2 and not np.isin(yc, np.arange(n_classes)).all():
+            raise ReasonerError(f"y_context must hold class labels in 0..{n_classes - 1}")
         if not (np.isfinite(xc).all() and np.isfinite(xq).all()):
             raise ReasonerError("x_context / x_query contain NaN or infinite values")
 
@@ -306,8 +335,30 @@ class Reasoner:
         float64=True runs a float64 copy of the model (made once): a query's answer then depends
         on the other queries of the call only at float64 rounding (float32 kernels pick their
         blocking by shape, which moves answers by ~1e-7)."""
+        if self.classes == 2:
+            return self._run(x_context, y_context, x_query, 2, float64, torch.sigmoid)
+        return self.predict_proba_classes(x_context, y_context, x_query, 2, float64=float64)[..., 1]
+
+    @torch.no_grad()
+    def predict_proba_classes(self, x_context, y_context, x_query, n_classes: int,
+                              float64: bool = False) -> np.ndarray:
+        """Class probabilities (B, q, C) of an episode of C = n_classes classes, labels 0..C-1, in one
+        pass: the softmax over the multi-class reasoner's first C logits. A binary reasoner answers
+        C = 2 only (for more classes compose it one-vs-rest: `methods.one_vs_rest`)."""
+        if not 2 <= n_classes <= self.classes:
+            raise ReasonerError(
+                f"n_classes={n_classes}: this reasoner classifies 2..{self.classes} classes natively"
+                + (" (a binary reasoner: compose it one-vs-rest for more, methods.one_vs_rest)" if self.classes == 2
+                   else ""))
+        if self.classes == 2:
+            p1 = self._run(x_context, y_context, x_query, 2, float64, torch.sigmoid)
+            return np.stack([1 - p1, p1], axis=-1)
+        return self._run(x_context, y_context, x_query, n_classes, float64,
+                         lambda z: torch.softmax(z[..., :n_classes], dim=-1))
+
+    def _run(self, x_context, y_context, x_query, n_classes: int, float64: bool, link) -> np.ndarray:
         xc, yc, xq = (np.asarray(a) for a in (x_context, y_context, x_query))
-        self._check(xc, yc, xq)
+        self._check(xc, yc, xq, n_classes)
         pad = self.d - xc.shape[2]
         dev = self.device
         model = self._float64_model() if float64 else self.model
@@ -317,7 +368,7 @@ class Reasoner:
         if pad:  # a smaller d is the trained task with the remaining coordinates at zero
             xc_t, xq_t = F.pad(xc_t, (0, pad)), F.pad(xq_t, (0, pad))
         out = [
-            torch.sigmoid(model.query_logits(xc_t, yc_t, xq_t[:, s : s + self.query_chunk]))
+            link(model.query_logits(xc_t, yc_t, xq_t[:, s : s + self.query_chunk]))
             for s in range(0, xq_t.shape[1], self.query_chunk)
         ]
         return torch.cat(out, dim=1).cpu().numpy().astype(dtype, copy=False)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 FAMILIES = ("gaussian", "embedding")
+# The embedding family's multi-class episodes (prior.classes > 2): `sample_multiclass_episodes_torch`.
 
 
 @dataclass
@@ -51,6 +52,8 @@ class EmbeddingPrior:
     sep_max: float = 6.0
     k_min: int = 17  # context sizes trained on: k ~ U{k_min .. points - queries} per step
     queries: int = 32  # query points after the context (the loss is on them)
+    classes: int = 2  # episodes have C ~ U{2 .. classes} classes per step (2: binary only; > 2 needs a
+    #                   multi-class reasoner, model.classes >= classes)
 
     def check(self, d: int, points: int) -> None:
         if self.raw_dims < d:
@@ -69,6 +72,8 @@ class EmbeddingPrior:
                 raise ValueError(f"prior.{name}={getattr(self, name)}: expected a share in [0, 1]")
         if self.queries < 1:
             raise ValueError(f"prior.queries={self.queries}: expected >= 1")
+        if not 2 <= self.classes <= d:
+            raise ValueError(f"prior.classes={self.classes}: expected 2 <= classes <= d={d} (one-hot label tokens)")
         if not 2 <= self.k_min <= points - self.queries:
             raise ValueError(f"prior.k_min={self.k_min}: expected 2 <= k_min <= points - queries "
                              f"= {points - self.queries}")
@@ -186,20 +191,12 @@ def apply_curriculum(w: "torch.Tensor", x: "torch.Tensor", u: "torch.Tensor", ac
 # ----------------------------------------------------------------------------- embedding family
 
 
-def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generator", device="cpu",
-                                    points: int | None = None, n_context: int | None = None):
-    """n raw episodes of the `embedding` family: x (n, points, raw_dims) and labels y (n, points) in {0, 1}.
-
-    Per episode: a variance spectrum, optionally heavy tails or clusters, and then one of two
-    kinds of task. Logistic: a task w weighted towards the high-variance coordinates, a signal
-    (logit std), a class bias. Class-conditional (what a backbone's classes look like: two
-    clouds whose mean difference is itself a direction of variance, so the whitened PCA puts
-    it in front): balanced labels first (in the first n_context points and in the rest
-    separately, as the grid's context and test sets are), then x = noise + (y - 1/2) * a
-    separation along a decaying direction. Both then flip labels at the episode's rate.
-    """
+def _raw_points(spec: TaskSpec, n: int, P: int, gen, device):
+    """The x of n episodes (n, P, raw_dims) before any task: a variance spectrum, heavy tails or
+    clusters. Also returns each coordinate's std (n, D), the coordinate numbers 1..D and the
+    episode's uniform / normal draws, which the task that follows keeps drawing from."""
     import torch
-    p, P, D = spec.prior, points or spec.points, spec.prior.raw_dims
+    p, D = spec.prior, spec.prior.raw_dims
     unif = lambda *shape: torch.rand(*shape, generator=gen, device=device)
     normal = lambda *shape: torch.randn(*shape, generator=gen, device=device)
     j = torch.arange(1, D + 1, device=device, dtype=torch.float32)
@@ -217,6 +214,25 @@ def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generato
     which = (unif(n, P) * m).floor().long()  # (n, P) in [0, m)
     clustered = (unif(n, 1, 1) < p.clusters).float()
     x = (z + clustered * torch.gather(centres, 1, which[:, :, None].expand(n, P, D))) * sd[:, None, :]
+    return x, sd, j, unif, normal
+
+
+def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generator", device="cpu",
+                                    points: int | None = None, n_context: int | None = None):
+    """n raw episodes of the `embedding` family: x (n, points, raw_dims) and labels y (n, points) in {0, 1}.
+
+    Per episode: a variance spectrum, optionally heavy tails or clusters, and then one of two
+    kinds of task. Logistic: a task w weighted towards the high-variance coordinates, a signal
+    (logit std), a class bias. Class-conditional (what a backbone's classes look like: two
+    clouds whose mean difference is itself a direction of variance, so the whitened PCA puts
+    it in front): balanced labels first (in the first n_context points and in the rest
+    separately, as the grid's context and test sets are), then x = noise + (y - 1/2) * a
+    separation along a decaying direction. Both then flip labels at the episode's rate.
+    """
+    import torch
+    p, P = spec.prior, points or spec.points
+    x, sd, j, unif, normal = _raw_points(spec, n, P, gen, device)
+    D = p.raw_dims
     # the task: weight decaying over the coordinates, scaled to the episode's signal
     w = normal(n, D) * j.pow(-(p.decay_min + unif(n, 1) * (p.decay_max - p.decay_min)))
     logit = torch.einsum("npd,nd->np", x, w)
@@ -238,6 +254,53 @@ def sample_embedding_episodes_torch(spec: TaskSpec, n: int, gen: "torch.Generato
     flipped = unif(n, P) < flip
     y = torch.where(cc, torch.where(flipped, 1 - yb, yb), y)
     return x, y
+
+
+def sample_multiclass_episodes_torch(spec: TaskSpec, n: int, n_classes: int, gen: "torch.Generator", device="cpu",
+                                     points: int | None = None, n_context: int | None = None):
+    """n raw episodes of C = n_classes classes: x (n, points, raw_dims), labels y (n, points) in 0..C-1.
+
+    The multi-class twin of `sample_embedding_episodes_torch`, on the same x: softmax regression
+    (C weight rows decaying over the coordinates, the logits' std log-uniform, class biases,
+    labels drawn from the softmax) or, for a `class_conditional` share of episodes, C balanced
+    clouds (balanced in the context and in the rest separately) whose means sit about
+    `sep` noise stds apart along decaying directions. A flipped label is redrawn uniformly.
+    """
+    import torch
+    p, P, C = spec.prior, points or spec.points, n_classes
+    x, sd, j, unif, normal = _raw_points(spec, n, P, gen, device)
+    D = p.raw_dims
+    decay = lambda: j.pow(-(p.decay_min + unif(n, 1, 1) * (p.decay_max - p.decay_min)))  # (n, 1, D)
+    logit = torch.einsum("npd,ncd->npc", x, normal(n, C, D) * decay())
+    logit = logit - logit.mean(1, keepdim=True)
+    lo, hi = math.log(p.signal_min), math.log(p.signal_max)
+    signal = torch.exp(lo + (hi - lo) * unif(n, 1, 1))
+    logit = logit * signal / logit.std(dim=(1, 2), keepdim=True).clamp_min(1e-6) + 0.5 * normal(n, 1, C)
+    gumbel = -torch.log(-torch.log(unif(n, P, C).clamp(1e-12, 1 - 1e-7)))
+    y = (logit + gumbel).argmax(-1)  # a draw from softmax(logit)
+    cc = unif(n, 1) < p.class_conditional  # (n, 1)
+    nc = n_context or P
+    yb = torch.cat([_balanced_classes(n, m, C, gen, device) for m in (nc, P - nc) if m > 0], 1)
+    directions = normal(n, C, D) * decay() * sd[:, None, :]
+    directions = directions / torch.linalg.norm(directions / sd[:, None, :], dim=2, keepdim=True)
+    lo, hi = math.log(p.sep_min), math.log(p.sep_max)
+    sep = torch.exp(lo + (hi - lo) * unif(n, 1, 1))
+    means = directions * sep / math.sqrt(2)  # independent directions: pairwise distance ~ sep
+    x = torch.where(cc[:, :, None], x + torch.gather(means, 1, yb[:, :, None].expand(n, P, D)), x)
+    y = torch.where(cc, yb, y)
+    flip = unif(n, 1) * p.flip_max
+    redrawn = (unif(n, P) * C).floor().long().clamp_max(C - 1)
+    y = torch.where(unif(n, P) < flip, redrawn, y)
+    return x, y.float()
+
+
+def _balanced_classes(n: int, m: int, C: int, gen, device) -> "torch.Tensor":
+    """(n, m) long labels 0..C-1, each class floor(m/C) or one more times, in a random order per row."""
+    import torch
+    offset = int(torch.randint(0, C, (1,), generator=gen, device=device))  # which classes get the extra ones
+    base = (torch.arange(m, device=device) + offset) % C
+    order = torch.rand(n, m, generator=gen, device=device).argsort(dim=1)
+    return base[order]
 
 
 def _balanced(n: int, m: int, gen, device) -> "torch.Tensor":
@@ -272,11 +335,14 @@ def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: fl
     return zc, zq
 
 
-def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", device="cpu"):
-    """One training batch of the embedding family at context size k: whitened context
-    (n, k, d), its labels (n, k), whitened queries (n, q, d) and their labels (n, q)."""
+def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", device="cpu", n_classes: int = 2):
+    """One training batch of the embedding family at context size k (episodes of n_classes classes):
+    whitened context (n, k, d), its labels (n, k), whitened queries (n, q, d) and their labels (n, q)."""
     q = spec.prior.queries
-    x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q, n_context=k)
+    if n_classes == 2:
+        x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q, n_context=k)
+    else:
+        x, y = sample_multiclass_episodes_torch(spec, n, n_classes, gen, device, points=k + q, n_context=k)
     zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d)
     return zc, y[:, :k], zq, y[:, k:]
 
@@ -286,3 +352,11 @@ def context_size(spec: TaskSpec, seed: int, step: int) -> int:
     a pure function of (seed, step) so a resumed run sees the same sizes."""
     lo, hi = spec.prior.k_min, spec.max_k
     return lo + int(np.random.default_rng([seed, step, 7]).integers(0, hi - lo + 1))
+
+
+def class_count(spec: TaskSpec, seed: int, step: int) -> int:
+    """The number of classes of a training step's episodes: uniform over 2..prior.classes, a pure
+    function of (seed, step) like `context_size` (always 2 for the binary family)."""
+    if spec.prior.classes == 2:
+        return 2
+    return 2 + int(np.random.default_rng([seed, step, 11]).integers(0, spec.prior.classes - 1))

@@ -325,6 +325,7 @@ def test_vanilla_protocol_grid_embeds_every_k_seed_once(tmp_path):
     assert run_grid(spec)["forward_passes"] == 0
 
 
+@pytest.mark.slow  # ~20 s: the inner loop keeps the local-executor grid tests
 def test_grid_on_ray_is_idempotent_and_logs_each_cell_once(tmp_path, ray_local):
     spec = _spec(tmp_path, executor="ray", embed_torch_threads=2)  # the actor's threads, as default.yaml sets them
     s1 = run_grid(spec)

@@ -285,7 +285,8 @@ def test_shipped_recipe_config_matches_the_shipped_reasoner():
     for key in ("batch_size", "lr", "warmup_steps", "steps", "schedule", "min_lr_ratio", "data", "model",
                 "curriculum", "task", "eval_ks", "grad_clip", "weight_decay", "seed"):
         ours = getattr(cfg, key)
-        ours = task_record(ours) if key == "task" else ours.__dict__ if hasattr(ours, "__dict__") else ours
+        ours = (task_record(ours) if key == "task" else ours.record() if key == "model"
+                else ours.__dict__ if hasattr(ours, "__dict__") else ours)
         assert ours == shipped[key], key
     tiny = load_config(TrainConfig, REPO / "configs/train/tiny-cpu.yaml")
     assert tiny.accumulation == 2 and tiny.data != "online" and not tiny.gpu

@@ -86,9 +86,17 @@ class TrainConfig:
             raise ConfigError(f"task.d={self.task.d} must equal model.d={self.model.d}")
         if self.task.points > self.model.max_points and self.data == "online":
             raise ConfigError(f"task.points={self.task.points} exceeds model.max_points={self.model.max_points}")
+        if self.model.classes > 2 and self.task.family != "embedding":
+            raise ConfigError(f"model.classes={self.model.classes}: a multi-class reasoner trains on the embedding "
+                              f"family (task.family=embedding, task.prior.classes > 2); got task.family="
+                              f"{self.task.family!r}")
         if self.task.family == "embedding":
             if self.data != "online":
                 raise ConfigError(f"task.family=embedding trains on online episodes only; got data={self.data!r}")
+            if self.task.prior.classes > self.model.classes:
+                raise ConfigError(f"task.prior.classes={self.task.prior.classes}: episodes of up to that many classes "
+                                  f"need a reasoner with model.classes >= {self.task.prior.classes} "
+                                  f"(got model.classes={self.model.classes})")
             bad = [k for k in self.eval_ks if not self.task.prior.k_min <= k <= self.task.max_k]
             if bad:
                 raise ConfigError(f"eval_ks {bad}: the embedding family trains contexts k_min="
@@ -138,6 +146,7 @@ FIELD_HELP = {
     "size": "preset " + " | ".join(f"{k}={v}" for k, v in SIZES.items()) + " (overrides model.n_*)",
     "model.d": "input dimension of the reasoner",
     "model.max_points": "longest (x, y) sequence; k + 1 <= max_points at inference",
+    "model.classes": "2: a binary reasoner (one logit); C > 2: labels one-hot, C logits, episodes of 2..C classes",
     "model.n_layer": "decoder blocks", "model.n_head": "attention heads", "model.n_embd": "width",
     "task.d": "online data: dimension of x and w", "task.points": "online data: (x, y) pairs per episode",
     "task.weight_multiplier": "online data: w ~ N(0, I) * multiplier",
@@ -166,7 +175,8 @@ FIELD_HELP = {
     "fail_at_step": "fault injection for tests: a worker dies once at this step (marker in the run dir)",
     "time_budget_s": "> 0: stop with a final checkpoint after this many seconds",
     "init_from": "start from these weights: a shipped reasoner name (v1, v2) or a checkpoint folder "
-                 "(fine-tuning; the model shape must match)",
+                 "(fine-tuning; the model shape must match, except model.classes: a multi-class reasoner "
+                 "from a binary one takes every weight but the read-out)",
     "task.family": "online data: gaussian (the paper's task, v1) | embedding (shaped like whitened embeddings, v2)",
     "task.prior.raw_dims": "embedding family: x drawn in this many dims, PCA-whitened to d on the context",
     "task.prior.signal_min": "embedding family: logit std, log-uniform from ...",
@@ -185,4 +195,6 @@ FIELD_HELP = {
     "task.prior.sep_max": "... to this",
     "task.prior.k_min": "embedding family: smallest context trained (k ~ U{k_min..points-queries} per step)",
     "task.prior.queries": "embedding family: query points after the context (the loss is on them)",
+    "task.prior.classes": "embedding family: classes per episode ~ U{2..classes} each step (> 2: softmax "
+                          "regression or C class clouds; needs model.classes >= it)",
 }

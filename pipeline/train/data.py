@@ -38,10 +38,10 @@ class OnlineEpisodes:
         self.gen.manual_seed(hash((self.seed, step, rank, micro)) & 0x7FFF_FFFF_FFFF_FFFF)
         return sample_episodes_torch(self.task, n, self.gen, self.device)
 
-    def embedding_batch(self, step: int, rank: int, micro: int, n: int, k: int):
-        """The embedding family's batch of (step, rank, micro) at context size k (whitened)."""
+    def embedding_batch(self, step: int, rank: int, micro: int, n: int, k: int, n_classes: int = 2):
+        """The embedding family's batch of (step, rank, micro) at context size k (whitened), n_classes classes."""
         self.gen.manual_seed(hash((self.seed, step, rank, micro)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return embedding_batch(self.task, n, k, self.gen, self.device)
+        return embedding_batch(self.task, n, k, self.gen, self.device, n_classes=n_classes)
 
 
 class ShardEpisodes:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..reasoner import ReasonerModel
-from ..synthetic import TaskSpec, apply_curriculum, context_size, embedding_batch, sample_episodes_torch
+from ..synthetic import TaskSpec, apply_curriculum, class_count, context_size, embedding_batch, sample_episodes_torch
 from .checkpoint import restore_checkpoint, write_checkpoint
 from .config import TrainConfig
 from .data import episode_source
@@ -64,10 +64,12 @@ def synthetic_accuracy(model: ReasonerModel, task: TaskSpec, ks: list[int], n: i
         was_training = model.training
         model.eval()
         out = {}
-        for k in ks:
-            xc, yc, xq, yq = embedding_batch(task, n, k, gen, device)
-            logits = model.query_logits(xc, yc, xq).float()
-            out[f"synthetic_acc_k{k}"] = ((logits > 0).float() == yq).float().mean().item()
+        for c in eval_classes(task):
+            for k in ks:
+                xc, yc, xq, yq = embedding_batch(task, n, k, gen, device, n_classes=c)
+                logits = model.query_logits(xc, yc, xq).float()
+                pred = (logits > 0).float() if logits.ndim == 2 else logits[..., :c].argmax(-1).float()
+                out[f"synthetic_acc_k{k}" if c == 2 else f"synthetic_acc_c{c}_k{k}"] = (pred == yq).float().mean().item()
         model.train(was_training)
         return out
     spec = TaskSpec(task.d, max(ks) + 1, task.weight_multiplier, task.variable_multiplier)
@@ -83,6 +85,21 @@ def synthetic_accuracy(model: ReasonerModel, task: TaskSpec, ks: list[int], n: i
         out[f"synthetic_acc_k{k}"] = ((logits > 0).float() == y[:, k]).float().mean().item()
     model.train(was_training)
     return out
+
+
+def eval_classes(task: TaskSpec) -> list[int]:
+    """The class counts a multi-class family is evaluated at: 2, the most it trains, one between."""
+    c = task.prior.classes if task.family == "embedding" else 2
+    return sorted({2, (2 + c) // 2, c})
+
+
+def episode_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Binary cross-entropy on a binary reasoner's logits (B, n); on a multi-class one's (B, n, C_max),
+    cross-entropy over the episode's first n_classes logits."""
+    if logits.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+    z = logits[..., :n_classes].float()
+    return F.cross_entropy(z.reshape(-1, n_classes), target.long().reshape(-1))
 
 
 def _dist_ready() -> bool:
@@ -112,9 +129,12 @@ def _build(cfg: TrainConfig, ctx: LoopContext):
     elif cfg.init_from:  # fine-tuning: the weights of another reasoner, a fresh optimizer
         from ..reasoner import load_model, shipped_dir
         init = load_model(shipped_dir(cfg.init_from), device=str(ctx.device))
-        if init.cfg != model.cfg:
+        state = init.state_dict()
+        if init.cfg.classes != model.cfg.classes:  # binary -> multi-class: every weight but the read-out
+            state.update({k: v for k, v in model.state_dict().items() if k.startswith("read_out.")})
+        if replace(init.cfg, classes=model.cfg.classes) != model.cfg:
             raise ConfigError(f"init_from={cfg.init_from!r}: its reasoner {init.cfg} does not match model={model.cfg}")
-        model.load_state_dict(init.state_dict(), strict=True)
+        model.load_state_dict(state, strict=True)
         if ctx.rank == 0:
             print(f"[train] starting from the weights of {cfg.init_from}", flush=True)
     return model, opt, start_step, history
@@ -129,7 +149,7 @@ def _inject_failure(cfg: TrainConfig, step: int, fault_marker: Optional[str]) ->
 
 
 def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step: int, dims: int,
-                          points: int) -> list[float]:
+                          points: int, n_classes: int = 2) -> list[float]:
     """Forward + backward over this rank's micro-batches of `step`; returns each micro-batch's loss."""
     per_worker = cfg.batch_size // ctx.world_size
     micro = cfg.micro_batch or per_worker
@@ -141,7 +161,7 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
         sync = contextlib.nullcontext() if m == accum - 1 or not hasattr(net, "no_sync") else net.no_sync()
         n_context = None
         if cfg.task.family == "embedding":  # whitened on a context of `points` pairs, loss on the queries
-            xc, yc, xq, yq = source.embedding_batch(step, ctx.rank, m, micro, points)
+            xc, yc, xq, yq = source.embedding_batch(step, ctx.rank, m, micro, points, n_classes)
             xb, yb, n_context, target = torch.cat([xc, xq], 1), torch.cat([yc, yq], 1), points, yq
         else:
             if cfg.data == "online":
@@ -155,7 +175,7 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
         with sync:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits = net(xb, yb, n_context)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), target) / accum
+            loss = episode_loss(logits, target, n_classes) / accum
             loss.backward()
         losses.append(loss.item())
     return losses
@@ -208,7 +228,8 @@ def train_loop(cfg: TrainConfig, ctx: LoopContext, fault_marker: Optional[str] =
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
-        progress.add(_accumulate_gradients(cfg, ctx, net, source, step, dims, points))
+        n_classes = class_count(task, cfg.seed, step) if task.family == "embedding" else 2
+        progress.add(_accumulate_gradients(cfg, ctx, net, source, step, dims, points, n_classes))
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()

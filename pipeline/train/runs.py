@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -84,7 +83,7 @@ def check_resume(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None) 
     except (OSError, ValueError) as e:
         raise ConfigError(f"run {cfg.name!r} at {storage_root(cfg)}: latest checkpoint {ckpt.path} is unreadable "
                           f"({e}); use another name= or remove the run directory") from None
-    theirs, ours = meta.get("reasoner", {}), asdict(cfg.model)
+    theirs, ours = meta.get("reasoner", {}), cfg.model.record()
     diffs = [f"{k}: checkpoint {theirs.get(k)!r} vs config {ours.get(k)!r}"
              for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
     if diffs:
