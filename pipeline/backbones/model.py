@@ -1,4 +1,5 @@
-"""`Backbone`: a frozen model behind a numpy API (texts, images), and `AudioBackbone` (Whisper)."""
+"""`Backbone`: a frozen model behind a numpy API (texts, images), `ConvBackbone` (a native
+convolutional image network: EfficientNet-Lite0) and `AudioBackbone` (Whisper)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,97 @@ class Backbone:
 
     def embed_audio(self, waveforms: Sequence[Any], sampling_rate: int = 16000, batch_size: int = 8) -> np.ndarray:
         raise self._refuse("audio encoder")
+
+
+class ConvBackbone(Backbone):
+    """A native (non-HF) convolutional image network: `embed_images` gives the global average pool
+    of its last feature map (`model.features(pixels)`, (B, C, h, w)).
+
+    Every image is cropped to its central square and resized (bilinear, antialiased) to
+    `image_size` x `image_size`; grayscale (H, W) or (H, W, 1) is repeated to 3 channels, RGBA
+    loses its alpha; `scale` maps the 0..255 RGB floats to the network's input range. Images
+    of one shape in a batch are resized together, others one by one (same result either way).
+    """
+
+    def __init__(self, *, name: str, revision: str, model: Any, image_size: int, scale: Any, dim: int,
+                 location: str = "", device: str = "cpu"):
+        super().__init__(name=name, kind="vision", revision=revision, model=model, layer=-1, pooling="mean",
+                         max_length=0, location=location, device=device, dim=dim, num_layers=0)
+        self.image_size = int(image_size)
+        self.scale = scale
+
+    @property
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint, "image_size": self.image_size, "pooling": "global-average"}
+
+    def __repr__(self) -> str:
+        return (f"ConvBackbone(name={self.name!r}, dim={self.dim}, image_size={self.image_size}, "
+                f"revision={self.revision!r})")
+
+    @staticmethod
+    def _rgb(im: Any, i: int) -> np.ndarray:
+        """Image `i` as (H, W, 3) float32 on 0..255; BackboneError says why one cannot be."""
+        a = np.asarray(im)
+        if not np.issubdtype(a.dtype, np.number) or a.dtype == bool:
+            raise BackboneError(f"image {i} is not numeric (dtype {a.dtype})")
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+            raise BackboneError(f"image {i} has shape {a.shape}; expected (H, W) grayscale or (H, W, 1 | 3 | 4)")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise BackboneError(f"image {i} is empty (shape {a.shape})")
+        a = a[:, :, :3] if a.shape[2] == 4 else np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise BackboneError(f"image {i} has NaN or infinite pixels")
+        if np.issubdtype(np.asarray(im).dtype, np.floating) and a.max(initial=0) <= 1.0:
+            a = a * 255.0  # floats on 0..1
+        return np.clip(a, 0.0, 255.0)
+
+    def pixels(self, images: Sequence[Any]) -> Any:
+        """(n, 3, S, S) network inputs of `images` (S = image_size), scaled."""
+        import torch
+        from torch.nn import functional as F
+
+        def square(x: Any) -> Any:  # (m, 3, H, W) -> central square, resized to S x S
+            H, W = x.shape[-2:]
+            s = min(H, W)
+            x = x[..., (H - s) // 2 : (H - s) // 2 + s, (W - s) // 2 : (W - s) // 2 + s]
+            if s == self.image_size:
+                return x
+            return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                                 align_corners=False)
+
+        rgb = [self._rgb(im, i) for i, im in enumerate(images)]
+        if len({a.shape for a in rgb}) == 1:
+            x = square(torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2))
+        else:
+            x = torch.cat([square(torch.from_numpy(a).permute(2, 0, 1)[None]) for a in rgb])
+        return self.scale(x)
+
+    def embed_images(self, images: Sequence[Any] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(n, dim) float32: global average pool of the network's last feature map for each image."""
+        import torch
+
+        if batch_size < 1:
+            raise BackboneError(f"batch_size={batch_size}: expected >= 1")
+        if isinstance(images, (str, bytes)) or (isinstance(images, np.ndarray) and images.ndim < 3):
+            raise BackboneError(f"images: expected a sequence of images or an (n, H, W[, C]) array; got "
+                                f"{type(images).__name__}{' of shape ' + str(images.shape) if isinstance(images, np.ndarray) else ''}")
+        n = len(images)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        dtype = next(self.model.parameters()).dtype
+        for s in range(0, n, batch_size):
+            x = self.pixels(images[s : s + batch_size]).to(self.device, dtype)
+            with torch.inference_mode():
+                h = self.model.features(x)
+            self.forward_count += 1
+            out[s : s + len(x)] = h.float().mean(dim=(2, 3)).cpu().numpy()
+            self.examples_count += len(x)
+        return out
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        raise self._refuse("tokenizer")
 
 
 class AudioBackbone(Backbone):

