@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import figures
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
-from .methods import TEXTS, known_methods
+from .methods import TEXTS, known_methods, table_label
 from .storage import atomic_write_bytes, join, resolve
 from .uncertainty import PER_EXAMPLE, Interval, example_matrix, interval, pooled
 from .tracking import (KIND_CELL, KIND_COMPARE, KIND_LAUNCH, QUALITY_METRICS, TAG_CELLS, TAG_GRID, TAG_KIND, connect,
@@ -327,6 +327,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     cell = summary.assign(v=[f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
                              zip(summary["mean"], summary["ci_low"], summary["ci_high"])])
     wide = cell.pivot_table(index=KEYS, columns="grid", values="v", aggfunc="first").reset_index()
+    wide["method"] = wide["method"].map(table_label)  # a tuned method (setfit) is marked
     cols = KEYS + grids
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in wide.iterrows():
@@ -346,6 +347,7 @@ def metrics_markdown(means: pd.DataFrame) -> str:
     cols = [m for m in QUALITY_METRICS if m in means]
     head = ["grid", *KEYS, *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    means = means.assign(method=means["method"].map(table_label))  # a tuned method (setfit) is marked
     for _, r in means.iterrows():
         vals = [f"{r[m]:.3f}" if pd.notna(r[m]) else "" for m in cols]
         lines.append("| " + " | ".join([str(r["grid"]), *(str(r[k]) for k in KEYS), *vals]) + " |")

@@ -29,8 +29,17 @@ padded way and packing is used only if both agree. The prompt is tokenised as co
 tokens + query tokens, exactly the sequence `use_cache=False` (the naive path that
 forwards the whole prompt per query) reads, so both paths score the same token sequence.
 
-In the grid, `score_group` (the `icl` entry of `methods.REGISTRY`) scores every (k, seed)
-episode of one dataset with one causal backbone, loaded once.
+Contextual calibration (`icl_calibrated`, Zhao et al., 2021): the same k-shot prompt also
+scores CONTENT-FREE queries (`CONTENT_FREE`: "N/A", "[MASK]", "": "Sentence: N/A\nLabel:"
+...), as extra queries on the same KV-cached context, in their own batch after the test
+queries (so the test queries' batches, and icl's numbers, are the same with or without it).
+Their label-probability vectors (softmax over the C label-word scores) are averaged into
+p_cf, and each query's probabilities are divided by p_cf and renormalised
+(`calibrate`: softmax(scores - log p_cf), the paper's W = diag(p_cf)^-1, b = 0).
+
+In the grid, `score_group` (the runner of `icl` and `icl_calibrated` in `methods.REGISTRY`)
+scores every (k, seed) episode of one dataset with one causal backbone, loaded once; the
+cells of both methods at one (k, seed) share one scoring of the prompt.
 
 Length: every prompt (context + query + label tokens) is checked against the model's
 maximum context (config.max_position_embeddings, or `max_length` if smaller) BEFORE
@@ -42,6 +51,7 @@ cuts examples only where it says so (`icl_max_chars`, recorded in its cells).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
@@ -56,6 +66,7 @@ from .icl_budget import config_max_length, context_prompt, query_prompt, truncat
 from .prompts import cache_argument, continuation_batch, packed_continuation
 
 SCORINGS = ("sum", "first")
+CONTENT_FREE = ("N/A", "[MASK]", "")  # Zhao et al. (2021)'s content-free inputs, averaged
 
 
 class ICLError(ValueError):
@@ -77,6 +88,48 @@ class _Prepared:
     prefix: list[int]
     queries: list[list[int]]
     words: list[list[int]]  # token ids of " word" per label
+    content_free: list[list[int]] = dataclasses.field(default_factory=list)  # query blocks of content-free inputs
+
+
+def croppable(cache: Any) -> bool:
+    """Whether packed queries can be appended to `cache` and cropped off again. Not so for
+    sliding-window attention (Gemma 3's local layers): once the prompt is longer than the window,
+    such a layer keeps only the last window - 1 positions, so cropping cannot restore the prefix
+    (transformers refuses), and a custom 4-D block mask would also override the window. Those
+    models score each batch as padded rows on copies of the cache (the same numbers, slower)."""
+    if not hasattr(cache, "crop"):
+        return False
+    return not any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ()))
+
+
+def scores_to_proba(s: np.ndarray) -> np.ndarray:
+    """(q, C) label-word scores -> P(label = 1) (q,) for two words (a logistic of their difference),
+    (q, C) softmax rows for more."""
+    C = s.shape[1]
+    if s.shape[0] == 0:
+        return np.zeros(0) if C == 2 else np.zeros((0, C))
+    if C > 2:
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    d = s[:, 1] - s[:, 0]
+    return 1.0 / (1.0 + np.exp(-np.clip(d, -700, 700)))
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def content_free_vector(cf_scores: np.ndarray) -> np.ndarray:
+    """p_cf (C,): the mean over the content-free inputs of their label-probability vectors."""
+    if cf_scores.ndim != 2 or cf_scores.shape[0] == 0:
+        raise ICLError(f"contextual calibration needs the scores of >= 1 content-free input; got {cf_scores.shape}")
+    return _softmax(cf_scores).mean(axis=0)
+
+
+def calibrate(scores: np.ndarray, p_cf: np.ndarray) -> np.ndarray:
+    """(q, C) calibrated label probabilities: softmax(scores) / p_cf, renormalised per row."""
+    return _softmax(scores - np.log(np.clip(p_cf, 1e-300, None))[None, :])
 
 
 class ICLScorer:
@@ -145,8 +198,9 @@ class ICLScorer:
     # ------------------------------------------------------------------ preparation
 
     def prepare(self, context_texts: Sequence[str], context_labels: Sequence[int],
-                query_texts: Sequence[str]) -> _Prepared:
-        """Tokenise and check lengths; raises before any forward pass."""
+                query_texts: Sequence[str], content_free: Sequence[str] = ()) -> _Prepared:
+        """Tokenise and check lengths; raises before any forward pass. `content_free`: inputs
+        scored as extra queries on the same prompt (they may be empty: "" is one)."""
         ctx = list(context_texts)
         ys = np.asarray(context_labels)
         if ys.ndim != 1 or len(ys) != len(ctx):
@@ -163,8 +217,9 @@ class ICLScorer:
             bos = getattr(self.tokenizer, "bos_token_id", None)
             prefix = [bos] if bos is not None else []
         queries = [self._ids(query_prompt(t)) for t in query_texts]
+        free = [self._ids(query_prompt(str(t))) for t in content_free]
         extra = max(len(w) for w in self.word_ids) - 1  # label tokens fed after the query
-        worst = max((len(q) for q in queries), default=0)
+        worst = max((len(q) for q in queries + free), default=0)
         total = len(prefix) + worst + extra
         if total > self.max_length:
             i = int(np.argmax([len(q) for q in queries])) if queries else -1
@@ -173,7 +228,7 @@ class ICLScorer:
                 f"{worst} [query {i}] + {extra} label tokens) but the model's limit is {self.max_length}; "
                 f"use a smaller k or shorter texts (a grid: icl_max_chars or method_ks; nothing is cut silently)"
             )
-        return _Prepared(prefix=prefix, queries=queries, words=self.word_ids)
+        return _Prepared(prefix=prefix, queries=queries, words=self.word_ids, content_free=free)
 
     # ------------------------------------------------------------------ scoring
 
@@ -279,18 +334,34 @@ class ICLScorer:
     def label_scores(self, context_texts: Sequence[str], context_labels: Sequence[int],
                      query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         """(q, C) summed log-probs of the C label words for each query."""
-        prep = self.prepare(context_texts, context_labels, query_texts)
-        q = len(prep.queries)
+        return self.episode_scores(context_texts, context_labels, query_texts, use_cache=use_cache)[0]
+
+    def episode_scores(self, context_texts: Sequence[str], context_labels: Sequence[int],
+                       query_texts: Sequence[str], content_free: Sequence[str] = (),
+                       use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """((q, C) label-word scores of the queries, (m, C) those of the `content_free` inputs), all
+        on one forwarded prompt: the content-free inputs are extra queries on the same KV cache, in
+        their own batch after the queries' (so the queries' scores do not depend on them)."""
+        prep = self.prepare(context_texts, context_labels, query_texts, content_free)
+        cache = None
+        if use_cache and prep.prefix and (prep.queries or prep.content_free):
+            cache = self._prefix_cache(prep.prefix)
+        return (self._score_queries(prep, prep.queries, cache),
+                self._score_queries(prep, prep.content_free, cache))
+
+    def _score_queries(self, prep: _Prepared, queries: list[list[int]], cache: Any) -> np.ndarray:
+        """(len(queries), C) scores of query blocks continuing `prep.prefix` (its KV `cache`, or None:
+        the whole prompt forwarded per query)."""
+        q = len(queries)
         scores = np.zeros((q, len(self.word_ids)))
         if q == 0:
             return scores
         jobs = []  # (query index, suffix, targets)
-        for i, qi in enumerate(prep.queries):
+        for i, qi in enumerate(queries):
             for seq, targets in self._sequences(qi):
                 jobs.append((i, seq, targets))
         # Similar lengths together: less padding per batch.
         jobs.sort(key=lambda j: len(j[1]))
-        cache = self._prefix_cache(prep.prefix) if (use_cache and prep.prefix) else None
         P = len(prep.prefix)
         for s in range(0, len(jobs), self.batch_size):
             batch = jobs[s : s + self.batch_size]
@@ -304,7 +375,7 @@ class ICLScorer:
             elif cache is not None:
                 lp = self._forward_batch(seqs, self._expand(cache, len(batch)), P, wanted)
                 if self._packing_ok is None:  # first cached batch: does this model honour a block mask?
-                    self._packing_ok = (self.packing and self._base is not None and hasattr(cache, "crop")
+                    self._packing_ok = (self.packing and self._base is not None and croppable(cache)
                                         and self._check_packing(seqs, cache, P, wanted, lp))
             else:
                 lp = self._forward_batch([prep.prefix + j[1] for j in batch], None, 0, wanted)
@@ -317,41 +388,64 @@ class ICLScorer:
                       query_texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         """P(label = 1) for each query (two label words: softmax over their scores), or (q, C)
         P(label = c) for C > 2 words."""
-        s = self.label_scores(context_texts, context_labels, query_texts, use_cache=use_cache)
-        C = s.shape[1]
-        if s.shape[0] == 0:
-            return np.zeros(0) if C == 2 else np.zeros((0, C))
-        if C > 2:
-            e = np.exp(s - s.max(axis=1, keepdims=True))
-            return e / e.sum(axis=1, keepdims=True)
-        d = s[:, 1] - s[:, 0]
-        return 1.0 / (1.0 + np.exp(-np.clip(d, -700, 700)))
+        return scores_to_proba(self.label_scores(context_texts, context_labels, query_texts, use_cache=use_cache))
+
+    def calibrated_proba(self, context_texts: Sequence[str], context_labels: Sequence[int],
+                         query_texts: Sequence[str], content_free: Sequence[str] = CONTENT_FREE,
+                         use_cache: bool = True) -> np.ndarray:
+        """`predict_proba` after contextual calibration with the `content_free` inputs (`calibrate`)."""
+        s, cf = self.episode_scores(context_texts, context_labels, query_texts, content_free, use_cache=use_cache)
+        return calibrated_output(s, cf)
 
 
-def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes: Sequence[tuple[int, int]],
+def calibrated_output(scores: np.ndarray, cf_scores: np.ndarray) -> np.ndarray:
+    """The calibrated probabilities in `predict_proba`'s shape: (q,) P(label=1) for two labels, else (q, C)."""
+    p = calibrate(scores, content_free_vector(cf_scores))
+    return p[:, 1] if scores.shape[1] == 2 else p
+
+
+def score_group(dataset: str, options: dict, backbone: str, dtype: str, episodes: Sequence[tuple],
                 batch_size: int = 8, skip: Optional[Callable[[int], bool]] = None,
                 max_chars: Optional[int] = None) -> Iterator[Optional[dict]]:
-    """ICL on the (k, seed) `episodes` of one dataset with one causal backbone, loaded once.
+    """ICL on the `episodes` of one dataset with one causal backbone, loaded once.
 
-    Yields per episode, in order, {probs, runtime_s, labels, ids} (the test split's), or None
-    for episode i where `skip(i)` (finished by a concurrent run). The context set of (k, seed)
-    is drawn from the train pool exactly as the embedding methods' (`context_sets`).
-    `max_chars`: every example cut to that many characters first (`icl_budget.truncate`; the grid's
-    icl_max_chars, recorded in the cells).
+    episodes: (k, seed, method) triples, method icl or icl_calibrated (its registry entry's
+    `calibrate` option decides), or (k, seed) pairs (icl). Yields per episode, in order, {probs,
+    runtime_s, labels, ids} (the test split's), or None for episode i where `skip(i)` (finished by
+    a concurrent run). Adjacent episodes of one (k, seed) share one scoring of the prompt (the
+    content-free queries only when a calibrated one is among them); each records the time of that
+    scoring plus its own. The context set of (k, seed) is drawn from the train pool exactly as the
+    embedding methods' (`context_sets`). `max_chars`: every example cut to that many characters
+    first (`icl_budget.truncate`; the grid's icl_max_chars, recorded in the cells).
     """
+    from .methods import get_method
+
     pool = load_examples(dataset, "train", **options)
     test = load_examples(dataset, "test", **options)
     # the GPU a Ray task was given (gpus_per_icl_task > 0), or a local one; else CPU
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok, model = load_causal_lm(backbone, device=device, dtype=dtype)
     scorer = ICLScorer(tok, model, label_words=pool.label_names, batch_size=batch_size)
-    for i, (k, seed) in enumerate(episodes):
+    eps = [(int(e[0]), int(e[1]), e[2] if len(e) > 2 else "icl") for e in episodes]
+    calibrated = {m: bool(get_method(m).options.get("calibrate")) for m in {e[2] for e in eps}}
+    queries = truncate(test.texts, max_chars)
+    shared: dict = {}  # (k, seed) -> (scores, content-free scores or None, seconds)
+    for i, (k, seed, method) in enumerate(eps):
         if skip is not None and skip(i):
             yield None
             continue
+        if (k, seed) not in shared:
+            shared.clear()  # episodes of one (k, seed) are adjacent: keep one
+            t0 = time.time()
+            ctx = context_sets(pool.labels, [k], seed, n_classes=pool.n_classes)[k]
+            # the content-free queries only if a calibrated cell of this (k, seed) is still to do
+            rest = range(i, len(eps))
+            need = any(calibrated[eps[j][2]] for j in rest if eps[j][:2] == (k, seed))
+            s, cf = scorer.episode_scores(truncate([pool.texts[j] for j in ctx], max_chars), pool.labels[ctx],
+                                          queries, CONTENT_FREE if need else ())
+            shared[(k, seed)] = (s, cf if need else None, time.time() - t0)
+        s, cf, seconds = shared[(k, seed)]
         t0 = time.time()
-        ctx = context_sets(pool.labels, [k], seed, n_classes=pool.n_classes)[k]
-        p = scorer.predict_proba(truncate([pool.texts[j] for j in ctx], max_chars), pool.labels[ctx],
-                                 truncate(test.texts, max_chars))
-        yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": time.time() - t0,
+        p = calibrated_output(s, cf) if calibrated[method] else scores_to_proba(s)
+        yield {"probs": np.asarray(p, dtype=np.float32), "runtime_s": seconds + time.time() - t0,
                "labels": test.labels, "ids": test.ids}

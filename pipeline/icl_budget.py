@@ -101,8 +101,9 @@ def load_tokenizer_and_limit(backbone: str) -> tuple[Any, Optional[int]]:
 
 
 def grid_prompt_problems(dataset: str, options: dict, backbone: str, ks: Sequence[int], seeds: Sequence[int],
-                         max_chars: Optional[int]) -> list[str]:
-    """The (k, seeds) of one dataset x causal backbone whose ICL prompts do not fit, as problem lines."""
+                         max_chars: Optional[int], method: str = "icl") -> list[str]:
+    """The (k, seeds) of one dataset x causal backbone whose ICL prompts do not fit, as problem lines
+    (`method`: the prompted method they are for, as the lines name it)."""
     from .backbones import BackboneError
     from .datasets import context_sets, load_examples
 
@@ -112,7 +113,7 @@ def grid_prompt_problems(dataset: str, options: dict, backbone: str, ks: Sequenc
         logger.warning(f"[grid] icl prompt lengths of {dataset} x {backbone} not checked ({e})")
         return []
     if limit is None:
-        return [f"icl on {dataset} x {backbone}: the model's config states no context limit "
+        return [f"{method} on {dataset} x {backbone}: the model's config states no context limit "
                 f"(max_position_embeddings); cannot check the prompts"]
     pool = load_examples(dataset, "train", **options)
     test = load_examples(dataset, "test", **options)
@@ -131,9 +132,9 @@ def grid_prompt_problems(dataset: str, options: dict, backbone: str, ks: Sequenc
             worst = max(over, key=lambda s: s[1].total)[1]
             cut = f" (examples cut to {max_chars} characters)" if max_chars is not None else ""
             problems.append(
-                f"icl on {dataset} x {backbone} at k={k}: the prompts of seed(s) {', '.join(str(s) for s, _ in over)} "
+                f"{method} on {dataset} x {backbone} at k={k}: the prompts of seed(s) {', '.join(str(s) for s, _ in over)} "
                 f"do not fit{cut}: up to {worst.total} tokens (context {worst.context} + longest query {worst.query} "
                 f"+ {worst.label_extra} label tokens), the model's limit is {limit}. Say what to run instead: "
                 f"icl_max_chars=N (cut every example to N characters; recorded in the cells) or fewer ks for icl "
-                f"(method_ks: {{icl: [...]}})")
+                f"(method_ks: {{{method}: [...]}})")
     return problems

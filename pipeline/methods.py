@@ -20,11 +20,21 @@ and return P(label = 1) for every query, shape (q,), behind one entry point,
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
 
-One method runs on raw texts instead, per (dataset, causal backbone) group, through its
-runner (`Method.load_runner`), which loads the LM once for every (k, seed) of the group:
+Other methods run on raw texts instead, per (dataset, backbone) group, through their
+runner (`Method.load_runner`), which loads the backbone once for every (k, seed) of the group;
+methods that name the same runner share one run (the grid gives it their cells together):
 
-    icl       the backbone's own in-context learning: a prompt of the k labelled texts, the
-              two label words scored after each query (`pipeline.icl`).
+    icl             the backbone's own in-context learning: a prompt of the k labelled texts, the
+                    label words scored after each query (`pipeline.icl`); causal LMs.
+    icl_calibrated  icl with contextual calibration (Zhao et al., 2021): the same prompt also
+                    scores content-free queries ("N/A", "[MASK]", ""), and each query's label
+                    probabilities are divided by their mean and renormalised. Same runner as
+                    icl: one LM load and one KV-cached prompt serve both, the calibration
+                    costs one extra batch of 3 queries per episode.
+    setfit          SetFit (Tunstall et al., 2022): a copy of the sentence encoder fine-tuned
+                    contrastively on pairs of the k examples, then a logistic-regression head
+                    (`pipeline.setfit_baseline`); encoders. A *tuned* method (`Method.tuned`):
+                    it trains backbone weights per episode, which no other method does.
 
 Whitening (`fit_whitening`): centre with the context mean, project on the top-d
 principal directions of the context (SVD, deterministic signs), divide every
@@ -209,6 +219,13 @@ class Method:
     pca_dims: the PCA size fitted on the context, so k must exceed it: an int, "reasoner"
       (the reasoner's trained d), or None (no PCA).
     multiclass: it classifies C > 2 classes (run_method's n_classes); False: binary tasks only.
+    backbone_kinds: the backbone kinds it runs on (None: any; an HF id of unknown kind is accepted).
+    prompted: its cells prompt an LM with the k examples, so the grid's icl_max_chars and the
+      prompt-length validation apply to them (icl, icl_calibrated).
+    tuned: it trains backbone weights on each episode's k examples (setfit); tables mark it.
+    dtype: the dtype its backbone always runs in (setfit trains in float32); None: the grid's.
+    runner_options: what the shared runner does differently for this method (icl_calibrated:
+      {"calibrate": True}); read by the runner through `get_method(name).options`.
     """
 
     name: str
@@ -221,6 +238,22 @@ class Method:
     fn: Optional[MethodFn] = None
     runner: Optional[str] = None
     multiclass: bool = False
+    backbone_kinds: Optional[tuple[str, ...]] = None
+    prompted: bool = False
+    tuned: bool = False
+    dtype: Optional[str] = None
+    runner_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def options(self) -> dict:
+        """`runner_options` as a dict."""
+        return dict(self.runner_options)
+
+    def requirement(self) -> str:
+        """What the method runs on, in words (for validation messages)."""
+        kinds = ("causal",) if self.needs_causal else self.backbone_kinds
+        what = f"{'/'.join(kinds)} backbones" if kinds else "any backbone"
+        return what + (f" with {'/'.join(self.modalities)} inputs" if self.modalities else "")
 
     def dims(self, reasoner_d: Optional[int] = None) -> Optional[int]:
         """The PCA size the method fits (None: it fits none, or the reasoner's d is not known)."""
@@ -229,6 +262,8 @@ class Method:
     def accepts(self, backbone_kind: Optional[str], modality: Optional[str]) -> bool:
         """Whether the method runs on a backbone of this kind (None: unknown) and inputs of this modality."""
         if self.needs_causal and backbone_kind not in ("causal", None):
+            return False
+        if self.backbone_kinds is not None and backbone_kind is not None and backbone_kind not in self.backbone_kinds:
             return False
         return self.modalities is None or modality in self.modalities
 
@@ -261,9 +296,11 @@ class Method:
     def load_runner(self) -> Callable[..., Iterator[Optional[dict]]]:
         """The TEXTS runner: `runner(dataset, options, backbone, dtype, episodes, batch_size, skip=None)`.
 
-        episodes: (k, seed) pairs; yields per episode, in order, {probs, runtime_s, labels, ids}
-        (the test split's labels and ids), or None where `skip(i)` is true. Imported on first
-        use: a runner loads heavy backbones, and `methods` is imported by light modules too.
+        episodes: (k, seed, method) triples (the methods that share this runner; (k, seed) pairs
+        mean this method); yields per episode, in order, {probs, runtime_s, labels, ids} (the test
+        split's labels and ids), or None where `skip(i)` is true. Episodes of one (k, seed) next to
+        each other share their work. Imported on first use: a runner loads heavy backbones, and
+        `methods` is imported by light modules too.
         """
         if self.runner is None:
             raise MethodError(f"method {self.name!r} runs on embeddings: call run_method")
@@ -285,11 +322,14 @@ def register(name: str, *, needs_reasoner: bool = False, pca_dims: Union[int, st
 
 
 def register_text_method(name: str, runner: str, *, protocol: str, needs_causal: bool = False,
-                         modalities: Optional[tuple[str, ...]] = None, multiclass: bool = False) -> None:
+                         modalities: Optional[tuple[str, ...]] = None, multiclass: bool = False,
+                         backbone_kinds: Optional[tuple[str, ...]] = None, prompted: bool = False,
+                         tuned: bool = False, dtype: Optional[str] = None,
+                         runner_options: Optional[dict] = None) -> None:
     """Register a TEXTS method by its lazy "module:function" runner (see `Method.load_runner`)."""
     _add(Method(name, runs_on=TEXTS, needs_causal=needs_causal, modalities=modalities, protocol=protocol,
-                multiclass=multiclass,
-                runner=runner))
+                multiclass=multiclass, runner=runner, backbone_kinds=backbone_kinds, prompted=prompted,
+                tuned=tuned, dtype=dtype, runner_options=tuple(sorted((runner_options or {}).items()))))
 
 
 def _add(method: Method) -> None:
@@ -298,11 +338,24 @@ def _add(method: Method) -> None:
     REGISTRY[method.name] = method
 
 
-def known_methods(runs_on: Optional[str] = None, needs_reasoner: Optional[bool] = None) -> list[str]:
-    """Registered method names (sorted), optionally only those that run on `runs_on` / need a reasoner."""
+def known_methods(runs_on: Optional[str] = None, needs_reasoner: Optional[bool] = None,
+                  tuned: Optional[bool] = None) -> list[str]:
+    """Registered method names (sorted), optionally only those that run on `runs_on` / need a reasoner /
+    are (not) tuned."""
     return sorted(m.name for m in REGISTRY.values()
                   if (runs_on is None or m.runs_on == runs_on)
-                  and (needs_reasoner is None or m.needs_reasoner == needs_reasoner))
+                  and (needs_reasoner is None or m.needs_reasoner == needs_reasoner)
+                  and (tuned is None or m.tuned == tuned))
+
+
+TUNED_MARK = " (tuned)"  # how tables mark a method that trains backbone weights per episode
+
+
+def table_label(label: str) -> str:
+    """A method label as result tables show it: a tuned method's (setfit) marked with TUNED_MARK
+    (labels may carry a reasoner "@..." or protocol "/..." suffix)."""
+    base = str(label).split("@")[0].split("/")[0]
+    return f"{label}{TUNED_MARK}" if base in REGISTRY and REGISTRY[base].tuned else str(label)
 
 
 def get_method(name: str) -> Method:
@@ -495,4 +548,10 @@ def _lr_full(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None
 # The in-context-learning baseline: the causal backbone reads a prompt of the k labelled texts and
 # scores the two label words (pipeline.icl); one LM load serves every (k, seed) of a group.
 register_text_method("icl", "pipeline.icl:score_group", protocol="prompt", needs_causal=True, modalities=("text",),
-                     multiclass=True)
+                     multiclass=True, prompted=True)
+# icl with contextual calibration: the same runner, so the same LM load, prompt and KV cache as icl's
+register_text_method("icl_calibrated", "pipeline.icl:score_group", protocol="prompt", needs_causal=True,
+                     modalities=("text",), multiclass=True, prompted=True, runner_options={"calibrate": True})
+# SetFit: a copy of the sentence encoder fine-tuned per episode (contrastive pairs of the k examples) + an LR head
+register_text_method("setfit", "pipeline.setfit_baseline:run_group", protocol="finetune", backbone_kinds=("encoder",),
+                     modalities=("text",), multiclass=True, tuned=True, dtype="float32")

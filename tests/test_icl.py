@@ -147,6 +147,7 @@ def test_bad_label_words_and_inputs(lm):
         sc.predict_proba(["a", "  "], [0, 1], ["c"])
 
 
+@pytest.mark.slow  # ~20 s of LM prompts
 def test_multi_class_icl_scores_every_label_word_and_cached_equals_full_prompt(lm):
     tok, model = lm
     words = ("sports", "weather", "cooking", "space exploration")  # the last is several tokens: summed
@@ -179,3 +180,65 @@ def test_real_icl_sms_spam_k18(lm, sms):
     assert sc._packing_ok and sc.forward_count == 1 + 3 + 1
     sc.predict_proba(ct, cy, test.texts)
     assert sc.forward_count == 5 + 1 + 3  # checked once per scorer, not per call
+
+
+# ----------------------------------------------------------------------------- contextual calibration
+
+
+@pytest.mark.slow  # scores the prompt three times over, once the naive way (whole prompt per input)
+def test_calibration_scores_content_free_inputs_on_the_same_cached_prompt(lm, sms):
+    """icl_calibrated: the content-free inputs are extra queries on icl's own prompt and KV cache
+    (one extra batch), the test queries' scores are icl's exactly, and the calibrated probabilities
+    are softmax(scores) / p_cf renormalised: rows sum to 1 and differ from icl's."""
+    from pipeline.icl import CONTENT_FREE, calibrate, calibrated_output, content_free_vector, scores_to_proba
+
+    tok, model = lm
+    pool, test, idx = sms
+    ct, cy = [pool.texts[i] for i in idx[4]], pool.labels[idx[4]]
+    sc = ICLScorer(tok, model, label_words=pool.label_names, batch_size=8)
+    s, cf = sc.episode_scores(ct, cy, test.texts, CONTENT_FREE)
+    assert s.shape == (20, 2) and cf.shape == (len(CONTENT_FREE), 2)
+    # one prefix pass + 3 query batches + the one-time packing check + ONE batch for the 3 content-free inputs
+    assert sc.forward_count == 1 + 3 + 1 + 1
+    # icl's scores bit for bit (a fresh scorer: its first batch goes the same padded-then-checked way)
+    np.testing.assert_array_equal(s, ICLScorer(tok, model, label_words=pool.label_names, batch_size=8)
+                                  .label_scores(ct, cy, test.texts))
+    # the same prompt: the cached content-free scores equal those of the whole prompt forwarded per input
+    _, cf_naive = sc.episode_scores(ct, cy, test.texts[:1], CONTENT_FREE, use_cache=False)
+    assert np.abs(cf - cf_naive).max() < 1e-3
+    p_cf = content_free_vector(cf)
+    e = np.exp(cf - cf.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p_cf, (e / e.sum(axis=1, keepdims=True)).mean(axis=0))
+    full = calibrate(s, p_cf)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0)
+    icl = scores_to_proba(s)
+    by_hand = np.stack([1 - icl, icl], axis=1) / p_cf
+    np.testing.assert_allclose(full, by_hand / by_hand.sum(axis=1, keepdims=True), rtol=1e-9)
+    cal = calibrated_output(s, cf)
+    assert cal.shape == (20,) and np.array_equal(cal, full[:, 1])
+    assert np.abs(cal - icl).max() > 0.05  # calibration changed something
+    # binary: dividing by p_cf shifts every logit by one constant, so the ranking (AUC) is icl's
+    assert (np.argsort(cal, kind="stable") == np.argsort(icl, kind="stable")).mean() > 0.9
+    np.testing.assert_allclose(sc.calibrated_proba(ct, cy, test.texts), cal, atol=1e-4)  # packed batches now
+
+
+def test_calibration_moves_a_recency_skewed_threshold(lm, sms):
+    """A prompt whose last examples are all spam makes SmolLM2 answer spam for every query (recency
+    bias, Zhao et al.'s case): icl is at chance on the balanced queries. Its content-free inputs
+    score spam too, and dividing by p_cf moves the threshold back: fewer queries called spam and
+    higher accuracy (0.50 -> 0.65 on these 20). The reverse order (spam first, ham last) is NOT
+    fixed (0.50 -> 0.45): calibration removes a bias the content-free inputs share, not every bias."""
+    from pipeline.icl import CONTENT_FREE, calibrated_output, content_free_vector, scores_to_proba
+
+    tok, model = lm
+    pool, test, _ = sms
+    ham = [i for i in range(len(pool.labels)) if pool.labels[i] == 0][:6]
+    spam = [i for i in range(len(pool.labels)) if pool.labels[i] == 1][:2]
+    ctx = ham + spam  # spam last
+    sc = ICLScorer(tok, model, label_words=pool.label_names, batch_size=8)
+    s, cf = sc.episode_scores([pool.texts[i] for i in ctx], pool.labels[ctx], test.texts, CONTENT_FREE)
+    icl, cal = scores_to_proba(s), calibrated_output(s, cf)
+    assert content_free_vector(cf)[1] > 0.9  # the content-free inputs are "spam" too: the prompt's bias
+    assert (icl >= 0.5).mean() >= 0.95 and ((icl >= 0.5) == test.labels).mean() == 0.5
+    assert (cal >= 0.5).mean() < (icl >= 0.5).mean()
+    assert ((cal >= 0.5) == test.labels).mean() >= 0.6

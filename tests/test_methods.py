@@ -38,7 +38,8 @@ def test_registry_lists_methods():
 
 def test_registry_describes_every_method_icl_included():
     assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "tart", "tart_ovr", "tart_pca8x2"]
-    assert known_methods(runs_on=TEXTS) == ["icl"] and known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2"]
+    assert known_methods(runs_on=TEXTS) == ["icl", "icl_calibrated", "setfit"]  # the peers: tests/test_setfit.py
+    assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2"]
     icl = get_method("icl")
     assert icl.needs_causal and icl.protocol == "prompt" and icl.modalities == ("text",)
     assert icl.accepts("causal", "text") and icl.accepts(None, "text")  # an HF id may be a causal LM

@@ -109,10 +109,11 @@ def run_embedding_cells(cells: list[Cell], episodes: list[Episode],
 
 def run_text_cells(cells: list[Cell], batch_size: int,
                    skip: Optional[Callable[[Cell], bool]] = None) -> Iterator[Optional[dict]]:
-    """Unit body: cells of one text method, dataset and backbone, through the method's runner
-    (which loads the backbone once for all of them)."""
+    """Unit body: cells of one dataset and backbone whose methods share a runner (icl and
+    icl_calibrated; setfit), through that runner (which loads the backbone once for all of them)."""
     c0 = cells[0]
     runner = get_method(c0.method).load_runner()
     extra = {"max_chars": c0.prompt_max_chars} if c0.prompt_max_chars is not None else {}
-    yield from runner(c0.dataset, c0.options, c0.backbone, c0.backbone_dtype, [(c.k, c.seed) for c in cells],
+    episodes = [(c.k, c.seed, c.method) for c in cells]
+    yield from runner(c0.dataset, c0.options, c0.backbone, c0.backbone_dtype, episodes,
                       batch_size, skip=(lambda i: skip(cells[i])) if skip is not None else None, **extra)

@@ -2,8 +2,8 @@
 
 Embedding cells (methods that run on embeddings) are grouped by (dataset, backbone,
 protocol): each group is embedded once, then its cells run as units (one cell each here;
-on Ray, batches of cells per task: `_cell_units`). Text cells (icl) are grouped by
-(dataset, backbone, method): one unit loads the backbone once (on Ray, one unit per seed:
+on Ray, batches of cells per task: `_cell_units`). Text cells (icl, icl_calibrated, setfit) are grouped
+by (dataset, backbone, the method's runner): one unit loads the backbone once (on Ray, one unit per seed:
 a lost task costs one seed's cells, not the group's), and on Ray they are submitted first,
 so the long LM tasks overlap the embedding and the cheap cells. Every finished cell goes to
 the results table at once, then to MLflow (queued by series, logged in the background);
@@ -107,7 +107,10 @@ def _embedding_phase(spec: GridSpec, cells: list[Cell], executor: Executor, rec:
 
 
 def _submit_text_cells(spec: GridSpec, cells: list[Cell], executor: Executor) -> None:
-    for group in _groups(cells, lambda c: (*c.group, c.method)).values():
+    # cells of methods that share a runner (icl, icl_calibrated) go together: one backbone load and,
+    # per (k, seed), one shared piece of work (adjacent in the unit: cells are in (k, seed, method) order)
+    key = lambda c: (*c.group, get_method(c.method).runner, c.dtype, c.prompt_max_chars)  # noqa: E731
+    for group in _groups(cells, key).values():
         # on Ray one task per seed (a lost task costs one seed's cells); here one unit: the LM loads once
         seeds = sorted({c.seed for c in group})
         units = [[c for c in group if c.seed == s] for s in seeds] if executor.remote else [group]

@@ -382,6 +382,22 @@ def _check_modalities(spec: GridSpec, datasets: list[_Dataset], kinds: dict[str,
                             f"(backbones: {', '.join(f'{b} ({kinds[b]})' for b in spec.backbones)})")
 
 
+def _check_method_fits(spec: GridSpec, methods: list[Method], datasets: list[_Dataset],
+                       kinds: dict[str, Optional[str]], problems: list[str]) -> None:
+    """A method that runs on none of the grid's (dataset, backbone) pairs (icl without a causal LM,
+    setfit without a text encoder) is a mistake, not a skip: it would give no cells at all."""
+    if not datasets or any(ds.modality is None for ds in datasets):
+        return  # a dataset did not load: reported already
+    pairs = [(ds, b) for ds, b in product(datasets, spec.backbones) if _fits(ds, kinds[b])]
+    if not pairs:
+        return  # reported by _check_modalities
+    for m in methods:
+        if not any(m.accepts(kinds[b], ds.modality) for ds, b in pairs):
+            have = ", ".join(f"{ds.name} ({ds.modality}) x {b} ({kinds[b] or 'kind unknown'})" for ds, b in pairs)
+            problems.append(f"method {m.name!r} runs on {m.requirement()}, and no dataset x backbone of the grid is "
+                            f"one ({have}): add such a backbone or drop the method")
+
+
 def _check_prompt_lengths(spec: GridSpec, methods: list[Method], datasets: list[_Dataset],
                           kinds: dict[str, Optional[str]], problems: list[str]) -> None:
     """Every icl prompt of the grid against its LM's context limit (`pipeline.icl_budget`): a prompt
@@ -389,12 +405,12 @@ def _check_prompt_lengths(spec: GridSpec, methods: list[Method], datasets: list[
     from ..icl_budget import grid_prompt_problems
 
     for m in methods:
-        if m.runs_on == EMBEDDINGS or not m.needs_causal:
+        if m.runs_on == EMBEDDINGS or not m.prompted:
             continue
         for ds, backbone in product(datasets, spec.backbones):
             if ds.modality == "text" and kinds[backbone] in ("causal", None) and m.accepts(kinds[backbone], ds.modality):
                 problems += grid_prompt_problems(ds.name, ds.options, backbone, ks_of(spec, m.name), spec.seeds,
-                                                 spec.icl_max_chars)
+                                                 spec.icl_max_chars, method=m.name)
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -426,6 +442,7 @@ def expand_grid(spec: GridSpec) -> Expansion:
     _check_context_sizes(spec, methods, reasoners, problems)
     datasets = _check_datasets(spec, problems)
     _check_modalities(spec, datasets, kinds, problems)
+    _check_method_fits(spec, methods, datasets, kinds, problems)
     if not problems:  # tokenises prompts: only a grid whose datasets and backbones are fine
         _check_prompt_lengths(spec, methods, datasets, kinds, problems)
     if problems:
@@ -441,14 +458,17 @@ def expand_grid(spec: GridSpec) -> Expansion:
                 base = Cell(dataset=ds.name, dataset_options=json.dumps(ds.options, sort_keys=True), backbone=backbone,
                             protocol="", method=method.name, reasoner=NO_REASONER, reasoner_digest=NO_REASONER,
                             k=k, seed=seed, dtype=_dtype_of(spec, method),
-                            prompt_max_chars=spec.icl_max_chars if method.runs_on != EMBEDDINGS else None)
+                            prompt_max_chars=spec.icl_max_chars if method.prompted else None)
                 cells += _method_cells(spec, base, method, kinds[backbone], distinct)
     registry = [(spec.reasoners.index(r.ref), r.resolved) for r in reasoners.values() if r.resolved is not None]
     return Expansion(cells, registry)
 
 
 def _dtype_of(spec: GridSpec, method: Method) -> str:
-    """Embedding methods run on the embedding actors' device, text methods on their task's."""
+    """Embedding methods run on the embedding actors' device, text methods on their task's; a method
+    with its own dtype (setfit trains in float32) always runs in it."""
+    if method.dtype is not None:
+        return method.dtype
     gpus = spec.gpus_per_actor if method.runs_on == EMBEDDINGS else spec.gpus_per_icl_task
     return cell_dtype(spec.dtype, gpus)
 
