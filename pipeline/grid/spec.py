@@ -385,7 +385,8 @@ def _check_modalities(spec: GridSpec, datasets: list[_Dataset], kinds: dict[str,
 def _check_method_fits(spec: GridSpec, methods: list[Method], datasets: list[_Dataset],
                        kinds: dict[str, Optional[str]], problems: list[str]) -> None:
     """A method that runs on none of the grid's (dataset, backbone) pairs (icl without a causal LM,
-    setfit without a text encoder) is a mistake, not a skip: it would give no cells at all."""
+    setfit without a text encoder) gets no cells: said as a warning, not a problem, so that the
+    default method list still works with any one backbone (`tart grid backbones=[minilm-l6]`)."""
     if not datasets or any(ds.modality is None for ds in datasets):
         return  # a dataset did not load: reported already
     pairs = [(ds, b) for ds, b in product(datasets, spec.backbones) if _fits(ds, kinds[b])]
@@ -394,8 +395,8 @@ def _check_method_fits(spec: GridSpec, methods: list[Method], datasets: list[_Da
     for m in methods:
         if not any(m.accepts(kinds[b], ds.modality) for ds, b in pairs):
             have = ", ".join(f"{ds.name} ({ds.modality}) x {b} ({kinds[b] or 'kind unknown'})" for ds, b in pairs)
-            problems.append(f"method {m.name!r} runs on {m.requirement()}, and no dataset x backbone of the grid is "
-                            f"one ({have}): add such a backbone or drop the method")
+            logger.warning(f"method {m.name!r} runs on {m.requirement()}, and no dataset x backbone of the grid is "
+                           f"one ({have}): it gets no cells (add such a backbone, or drop the method)")
 
 
 def _check_prompt_lengths(spec: GridSpec, methods: list[Method], datasets: list[_Dataset],
