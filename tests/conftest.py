@@ -122,6 +122,35 @@ def sms_minilm_cache(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("sms-minilm-emb"))
 
 
+@pytest.fixture(scope="session")
+def tart_cache():
+    """The backbone cache root: TART_CACHE if set, else a per-machine temp cache, so the GGUF
+    conversions (20 s - 4 min) are paid by the first run only. Entries are keyed by package
+    version and written atomically. Modules that build backbones use it autouse."""
+    import tempfile
+
+    from pipeline.backbones import cache_root
+
+    if os.environ.get("TART_CACHE"):
+        yield cache_root()
+        return
+    os.environ["TART_CACHE"] = os.path.join(tempfile.gettempdir(), "tart-test-cache")
+    try:
+        yield cache_root()
+    finally:
+        os.environ.pop("TART_CACHE", None)
+
+
+@pytest.fixture(scope="module")
+def sms():
+    """sms_spam for the ICL tests: the train pool, a 20-message test set, nested context sets k=4, 18."""
+    from pipeline.datasets import context_sets, load_examples
+
+    pool = load_examples("sms_spam", split="train")
+    test = load_examples("sms_spam", split="test", test_size=20)
+    return pool, test, context_sets(pool.labels, [4, 18], seed=0)
+
+
 # ----------------------------------------------------------------------------- MLflow
 
 

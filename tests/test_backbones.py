@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 
@@ -21,21 +20,7 @@ import pytest
 from pipeline import backbones as B
 from pipeline.backbones import BackboneError, load_backbone, load_causal_lm
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def tart_cache():
-    """TART_CACHE if set, else a per-machine temp cache: the ~20-100 s GGUF conversion is paid
-    by the first run only. Entries are keyed by package version and written atomically."""
-    if os.environ.get("TART_CACHE"):
-        yield B.cache_root()
-        return
-    os.environ["TART_CACHE"] = os.path.join(tempfile.gettempdir(), "tart-test-cache")
-    try:
-        yield B.cache_root()
-    finally:
-        os.environ.pop("TART_CACHE", None)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("tart_cache")]  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

