@@ -101,17 +101,24 @@ def load_tokenizer_and_limit(backbone: str) -> tuple[Any, Optional[int]]:
 
 
 def grid_prompt_problems(dataset: str, options: dict, backbone: str, ks: Sequence[int], seeds: Sequence[int],
-                         max_chars: Optional[int], method: str = "icl") -> list[str]:
+                         max_chars: Optional[int], method: str = "icl",
+                         tokenizers: Optional[dict[str, Any]] = None) -> list[str]:
     """The (k, seeds) of one dataset x causal backbone whose ICL prompts do not fit, as problem lines
-    (`method`: the prompted method they are for, as the lines name it)."""
+    (`method`: the prompted method they are for, as the lines name it). `tokenizers`: a dict the
+    caller keeps across calls, so a grid loads each backbone's tokenizer once (gemma3's takes seconds)."""
     from .backbones import BackboneError
     from .datasets import context_sets, load_examples
 
-    try:
-        tok, limit = load_tokenizer_and_limit(backbone)
-    except BackboneError as e:
-        logger.warning(f"[grid] icl prompt lengths of {dataset} x {backbone} not checked ({e})")
+    tokenizers = {} if tokenizers is None else tokenizers
+    if backbone not in tokenizers:
+        try:
+            tokenizers[backbone] = load_tokenizer_and_limit(backbone)
+        except BackboneError as e:
+            tokenizers[backbone] = e
+    if isinstance(tokenizers[backbone], BackboneError):
+        logger.warning(f"[grid] icl prompt lengths of {dataset} x {backbone} not checked ({tokenizers[backbone]})")
         return []
+    tok, limit = tokenizers[backbone]
     if limit is None:
         return [f"{method} on {dataset} x {backbone}: the model's config states no context limit "
                 f"(max_position_embeddings); cannot check the prompts"]

@@ -405,13 +405,14 @@ def _check_prompt_lengths(spec: GridSpec, methods: list[Method], datasets: list[
     that does not fit is a deterministic failure, so it is reported now, not after the embeddings."""
     from ..icl_budget import grid_prompt_problems
 
+    tokenizers: dict = {}  # one load per backbone for all the grid's prompted methods and datasets
     for m in methods:
         if m.runs_on == EMBEDDINGS or not m.prompted:
             continue
         for ds, backbone in product(datasets, spec.backbones):
             if ds.modality == "text" and kinds[backbone] in ("causal", None) and m.accepts(kinds[backbone], ds.modality):
                 problems += grid_prompt_problems(ds.name, ds.options, backbone, ks_of(spec, m.name), spec.seeds,
-                                                 spec.icl_max_chars, method=m.name)
+                                                 spec.icl_max_chars, method=m.name, tokenizers=tokenizers)
 
 
 # ----------------------------------------------------------------------------- expansion
