@@ -30,8 +30,9 @@ pooled feature map) or audio clips
 Anything else is an HF id or a local folder, loaded with AutoModel (+ AutoTokenizer or
 AutoImageProcessor); the kind (causal/encoder/vision/audio) comes from its config. Weights
 load from safetensors only, and a model whose config asks for remote code (auto_map)
-is refused unless `trust_remote_code=True` is passed. Audio models from the hub (HF
-Whisper ids) are not wired up yet: only the registered CTranslate2 Whisper.
+is refused unless `trust_remote_code=True` is passed. Whisper checkpoints (HF ids such as
+`openai/whisper-base`, or local folders) embed through transformers' Whisper encoder
+(`HFWhisperBackbone`) with the same windows and pooling as the CTranslate2 tiny.en.
 
 Cache dir: $TART_CACHE/backbones, default ~/.cache/tart/backbones (`tart_cache_dir`,
 `materialise`: also used for the datasets' synthesised audio). Cache entries are written
@@ -41,21 +42,21 @@ convert at once neither clash nor leave a half-written model.
     cache.py     the cache folder, `materialise` (build an entry once), `content_hash`
     registry.py  the built-ins (`REGISTRY`) and how each one's folder is found or built
     resolve.py   name -> folder or HF id, config, kind, revision (`backbone_info`), refusals
-    model.py     `Backbone` (texts, images), `ConvBackbone` (native conv nets) and `AudioBackbone`
-                 (Whisper): the numpy API
+    model.py     `Backbone` (texts, images), `ConvBackbone` (native conv nets), `AudioBackbone`
+                 (Whisper through CTranslate2) and `HFWhisperBackbone` (through transformers): the numpy API
     efficientnet.py  the EfficientNet-Lite0 network (plain PyTorch), its weights file and input scaling
     load.py      `load_backbone`, `load_causal_lm`
 """
 
 from .cache import CACHE_META, cache_root, content_hash, materialise, tart_cache_dir
 from .load import POOLINGS, load_backbone, load_causal_lm
-from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone
+from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone, HFWhisperBackbone
 from .registry import REGISTRY, BackboneSource, known_backbones
 from .resolve import AUDIO_MODEL_TYPES, VISION_MODEL_TYPES, backbone_info
 
 __all__ = [
     "AUDIO_MODEL_TYPES", "CACHE_META", "POOLINGS", "REGISTRY", "VISION_MODEL_TYPES", "AudioBackbone", "Backbone",
-    "ConvBackbone",
+    "ConvBackbone", "HFWhisperBackbone",
     "BackboneError", "BackboneSource", "backbone_info", "cache_root", "content_hash", "known_backbones",
     "load_backbone", "load_causal_lm", "materialise", "tart_cache_dir",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime import torch_dtype
-from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone
+from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone, HFWhisperBackbone
 from .registry import REGISTRY
 from .resolve import Resolved, check_safetensors, inspect_backbone
 
@@ -36,6 +36,24 @@ def _load_ct2_whisper(res: Resolved, device: str, pooling: str, window: str = "a
     fe = WhisperFeatureExtractor(feature_size=int(getattr(model, "n_mels", 80)))
     return AudioBackbone(name=res.name, revision=res.revision, model=model, feature_extractor=fe, pooling=pooling,
                          location=res.location, device=device, window=window)
+
+
+def _load_hf_whisper(res: Resolved, revision: str, cfg: dict, dtype: Any, device: str, pooling: str, window: str,
+                     trust_remote_code: bool) -> HFWhisperBackbone:
+    """A Whisper checkpoint's encoder through transformers (the decoder is dropped after loading)."""
+    from transformers import WhisperFeatureExtractor
+
+    model = _load_hf_model(res, dtype, device, trust_remote_code)
+    encoder = model.get_encoder()
+    try:  # the checkpoint's own mel settings; older folders may lack preprocessor_config.json
+        fe = WhisperFeatureExtractor.from_pretrained(res.location)
+    except OSError:
+        fe = WhisperFeatureExtractor(feature_size=int(cfg.get("num_mel_bins", 80)))
+    if fe.feature_size != encoder.num_mel_bins:
+        raise BackboneError(f"backbone {res.name!r}: its feature extractor gives {fe.feature_size} mel bins, "
+                            f"its encoder takes {encoder.num_mel_bins}")
+    return HFWhisperBackbone(name=res.name, revision=revision, model=encoder, feature_extractor=fe,
+                             pooling=pooling, location=res.location, device=device, window=window)
 
 
 def _load_efficientnet(res: Resolved, cfg: dict, device: str, dtype: Any, layer: int, pooling: str) -> ConvBackbone:
@@ -83,9 +101,13 @@ def load_backbone(
     if kind == "audio":
         if res.name in REGISTRY:
             return _load_ct2_whisper(res, device=device, pooling=pooling, window=audio_window)
+        if cfg.get("model_type") == "whisper":
+            return _load_hf_whisper(res, revision or res.revision, cfg, dtype, device, pooling, audio_window,
+                                    trust_remote_code)
         raise BackboneError(
-            f"backbone {res.name!r} is an audio model ({cfg.get('model_type')}); only the registered "
-            f"CTranslate2 Whisper ({', '.join(n for n, s in REGISTRY.items() if s.kind == 'audio')}) is supported"
+            f"backbone {res.name!r} is an audio model ({cfg.get('model_type')}); Whisper checkpoints (HF ids, "
+            f"local folders) and the registered CTranslate2 Whisper "
+            f"({', '.join(n for n, s in REGISTRY.items() if s.kind == 'audio')}) are supported"
         )
     if kind == "vision" and cfg.get("model_type") in NATIVE_VISION:
         return NATIVE_VISION[cfg["model_type"]](res, cfg, device, dtype, layer, pooling)

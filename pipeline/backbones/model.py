@@ -341,3 +341,51 @@ class AudioBackbone(Backbone):
                     out[r] = h[j, :n].mean(0) if self.pooling == "mean" else h[j, n - 1]
                 self.examples_count += len(batch)
         return out
+
+
+class HFWhisperBackbone(AudioBackbone):
+    """Whisper's encoder through transformers: any Whisper checkpoint by HF id or local folder, with
+    the windows and pooling of `AudioBackbone` (the CTranslate2 path the shipped tiny.en takes).
+
+    transformers' `WhisperEncoder.forward` accepts only the full 30 s of mel frames. A shorter
+    window runs the encoder's own modules on the first 50 x seconds positions, which is what
+    CTranslate2 does (tests/test_whisper_hf.py checks this path against `forward` at 30 s and
+    against CTranslate2 on one model converted both ways).
+    """
+
+    def __init__(self, *, name: str, revision: str, model: Any, feature_extractor: Any, pooling: str,
+                 location: str, device: str, window: str = "auto"):
+        super().__init__(name=name, revision=revision, model=model, feature_extractor=feature_extractor,
+                         pooling=pooling, location=location, device=device, window=window)
+
+    @property
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint, "dtype": str(next(self.model.parameters()).dtype), "encoder": "transformers"}
+
+    def _encode(self, waves: list[np.ndarray], seconds: int = 30) -> np.ndarray:
+        import torch
+
+        feats = self.feature_extractor(waves, sampling_rate=self.SAMPLING_RATE, return_tensors="np").input_features
+        feats = feats[:, :, : seconds * self.MEL_PER_SECOND]
+        x = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
+        x = x.to(self.device, dtype=next(self.model.parameters()).dtype)
+        with torch.inference_mode():
+            h = self._encoder_states(x)
+        return h.float().cpu().numpy()  # (B, 50 * seconds, dim)
+
+    def _encoder_states(self, x: Any, full_forward: bool | None = None) -> Any:
+        """(B, frames, dim) last encoder states of mel features `x` (B, n_mels, 100 x seconds)."""
+        import torch.nn.functional as F
+
+        enc = self.model
+        positions = enc.embed_positions.weight
+        if full_forward is None:
+            full_forward = x.shape[-1] == 2 * positions.shape[0]
+        if full_forward:
+            return enc(input_features=x).last_hidden_state
+        h = F.gelu(enc.conv1(x))
+        h = F.gelu(enc.conv2(h)).permute(0, 2, 1)
+        h = h + positions[: h.shape[1]]
+        for layer in enc.layers:
+            h = layer(h, None)
+        return enc.layer_norm(h)
