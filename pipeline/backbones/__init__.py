@@ -42,14 +42,16 @@ convert at once neither clash nor leave a half-written model.
     cache.py     the cache folder, `materialise` (build an entry once), `content_hash`
     registry.py  the built-ins (`REGISTRY`) and how each one's folder is found or built
     resolve.py   name -> folder or HF id, config, kind, revision (`backbone_info`), refusals
+    pooling.py   pooling names, `auto` (a sentence-transformers folder's own pooling), `pool_states`
     model.py     `Backbone` (texts, images), `ConvBackbone` (native conv nets), `AudioBackbone`
                  (Whisper through CTranslate2) and `HFWhisperBackbone` (through transformers): the numpy API
     efficientnet.py  the EfficientNet-Lite0 network (plain PyTorch), its weights file and input scaling
-    load.py      `load_backbone`, `load_causal_lm`
+    load.py      `load_backbone`, `load_causal_lm`, `backbone_pooling` (what `auto` resolves to)
+    errors.py    `BackboneError`
 """
 
 from .cache import CACHE_META, cache_root, content_hash, materialise, tart_cache_dir
-from .load import POOLINGS, load_backbone, load_causal_lm
+from .load import POOLINGS, backbone_pooling, load_backbone, load_causal_lm
 from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone, HFWhisperBackbone
 from .registry import REGISTRY, BackboneSource, known_backbones
 from .resolve import AUDIO_MODEL_TYPES, VISION_MODEL_TYPES, backbone_info
@@ -57,6 +59,6 @@ from .resolve import AUDIO_MODEL_TYPES, VISION_MODEL_TYPES, backbone_info
 __all__ = [
     "AUDIO_MODEL_TYPES", "CACHE_META", "POOLINGS", "REGISTRY", "VISION_MODEL_TYPES", "AudioBackbone", "Backbone",
     "ConvBackbone", "HFWhisperBackbone",
-    "BackboneError", "BackboneSource", "backbone_info", "cache_root", "content_hash", "known_backbones",
+    "BackboneError", "BackboneSource", "backbone_info", "backbone_pooling", "cache_root", "content_hash", "known_backbones",
     "load_backbone", "load_causal_lm", "materialise", "tart_cache_dir",
 ]

@@ -9,10 +9,12 @@ from typing import Any
 
 from ..runtime import torch_dtype
 from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone, HFWhisperBackbone
+from .pooling import AUTO, MODES, pooling_problem, resolve_pooling
 from .registry import REGISTRY
-from .resolve import Resolved, check_safetensors, inspect_backbone
+from .resolve import Resolved, backbone_info, check_safetensors, inspect_backbone, resolve
 
-POOLINGS = ("mean", "last")
+POOLINGS = MODES + (AUTO,)  # each mode also "+normalize" (pipeline.backbones.pooling)
+FRAME_POOLINGS = ("mean", "last")  # what audio encoders pool over their frames
 
 
 def _torch_dtype(dtype: Any) -> Any:
@@ -79,6 +81,28 @@ def _load_efficientnet(res: Resolved, cfg: dict, device: str, dtype: Any, layer:
 NATIVE_VISION = {"efficientnet_lite0": _load_efficientnet}  # config model_type -> loader (not HF AutoModel)
 
 
+def _effective_pooling(res: Resolved, kind: str, pooling: str) -> str:
+    """`pooling` resolved for this backbone: `auto` reads a text model's sentence-transformers config
+    (images and audio have none: mean); audio encoders pool frames by mean or last only."""
+    problem = pooling_problem(pooling)
+    if problem:
+        raise BackboneError(problem)
+    if kind in ("encoder", "causal"):
+        return resolve_pooling(res.location, res.local, pooling)
+    pooling = "mean" if pooling == AUTO else pooling
+    if kind == "audio" and pooling not in FRAME_POOLINGS:
+        raise BackboneError(f"backbone {res.name!r} (audio) pools its encoder frames by "
+                            f"{' or '.join(FRAME_POOLINGS)}; got pooling={pooling!r}")
+    return pooling
+
+
+def backbone_pooling(name_or_path: str, pooling: str) -> str:
+    """What `load_backbone(name_or_path, pooling=pooling)` pools by, without loading weights
+    (an embedding cache key records this, never `auto`)."""
+    kind, _ = backbone_info(name_or_path)
+    return _effective_pooling(resolve(name_or_path), kind, pooling)
+
+
 def load_backbone(
     name_or_path: str,
     device: str = "cpu",
@@ -92,12 +116,16 @@ def load_backbone(
     """Load a frozen backbone: a registry name, an HF model id, or a local HF folder.
 
     layer: hidden-state index (-1 last; 0 the embedding output; i the output of block i).
-    pooling: "mean" over the example's own tokens, or "last" (last real token).
+    pooling: "mean" over the example's own tokens, "last" (last real token), "cls", "max",
+    "mean_sqrt_len", each optionally "+normalize"; or "auto": as the folder's sentence-transformers
+    config says (e.g. all-MiniLM-L6-v2: mean+normalize), else mean (`pipeline.backbones.pooling`).
+    The backbone's `pooling` is the resolved name.
     audio_window: Whisper only: "auto" (shortest window that holds each clip) or "30s".
     """
-    if pooling not in POOLINGS:
-        raise BackboneError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if pooling_problem(pooling):  # before any folder is resolved or built
+        raise BackboneError(pooling_problem(pooling))
     res, cfg, revision, kind = inspect_backbone(name_or_path, trust_remote_code)
+    pooling = _effective_pooling(res, kind, pooling)
     if kind == "audio":
         if res.name in REGISTRY:
             return _load_ct2_whisper(res, device=device, pooling=pooling, window=audio_window)

@@ -8,10 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..modality import adapter, modality_of
-
-
-class BackboneError(ValueError):
-    """A backbone name, option or model folder is unusable; the message says which and why."""
+from .errors import BackboneError
+from .pooling import pool_states
 
 
 class Backbone:
@@ -121,13 +119,7 @@ class Backbone:
             if "token_type_ids" in enc:
                 inputs["token_type_ids"] = torch.zeros_like(input_ids).to(self.device)
             h = self._forward_hidden(**inputs).float()
-            m = inputs["attention_mask"].unsqueeze(-1).float()
-            if self.pooling == "mean":
-                pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-            else:  # last real token
-                last = inputs["attention_mask"].sum(1) - 1
-                pooled = h[torch.arange(h.shape[0]), last]
-            out[idx] = pooled.cpu().numpy()
+            out[idx] = pool_states(h, inputs["attention_mask"], self.pooling).cpu().numpy()
             self.examples_count += len(idx)
         return out
 
@@ -155,8 +147,10 @@ class Backbone:
                 pooled = h.mean(dim=(2, 3))
             elif self.pooling == "mean":
                 pooled = h.mean(1)
-            else:
+            elif self.pooling == "last":
                 pooled = h[:, -1]
+            else:  # the other poolings, over every patch (all real)
+                pooled = pool_states(h, torch.ones(h.shape[:2], device=h.device), self.pooling)
             out[s : s + len(batch)] = pooled.cpu().numpy()
             self.examples_count += len(batch)
         return out

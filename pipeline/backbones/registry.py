@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .cache import cache_root, content_hash, file_sha256, materialise
-from .model import BackboneError
+from .errors import BackboneError
 
 
 def package_dir(package: str, pip_name: str) -> Path:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import CACHE_META, content_hash, read_cache_meta
-from .model import BackboneError
+from .errors import BackboneError
 from .registry import REGISTRY, known_backbones
 
 VISION_MODEL_TYPES = {

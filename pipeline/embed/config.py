@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..backbones.pooling import pooling_problem
 from ..config import ConfigError
 from ..runtime import DTYPES
 
@@ -38,7 +39,7 @@ class EmbedConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "test"])
     backbone: str = "minilm-l6"  # registry name, HF id or local folder (see pipeline.backbones)
     layer: int = -1
-    pooling: str = "mean"  # mean | last
+    pooling: str = "mean"  # mean | last | cls | max | mean_sqrt_len [+normalize] | auto (pipeline.backbones.pooling)
     protocol: str = "stream"  # stream | vanilla | loo
     ks: list[int] = field(default_factory=lambda: [18, 32])  # vanilla/loo only
     seeds: list[int] = field(default_factory=lambda: [0])  # vanilla/loo only
@@ -79,8 +80,8 @@ class EmbedConfig:
             for k in self.ks:
                 if k < 2 or k % 2:
                     raise ConfigError(f"ks: k={k}: expected an even number >= 2")
-        if self.pooling not in ("mean", "last"):
-            raise ConfigError(f"pooling={self.pooling!r}: expected mean or last")
+        if pooling_problem(self.pooling):
+            raise ConfigError(pooling_problem(self.pooling))
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor={self.executor!r}: expected one of {', '.join(EXECUTORS)}")
         if self.actors < 1:
@@ -107,7 +108,8 @@ FIELD_HELP = {
     "splits": "which splits to embed: train (context pool) | test | all  (vanilla/loo: train=context, test=queries)",
     "backbone": "registry name (minilm-l6, smollm2-135m, ...), HF model id, or a local model folder",
     "layer": "hidden-state index: -1 last, 0 embeddings, i output of block i",
-    "pooling": "mean over the example's own tokens | last (last real token)",
+    "pooling": "mean over the example's own tokens | last (last real token) | cls | max | mean_sqrt_len, each "
+               "optionally +normalize | auto (the folder's sentence-transformers pooling, e.g. mean+normalize; else mean)",
     "protocol": "stream (each example alone) | vanilla (k-example prompt) | loo (leave-one-out prompts)",
     "ks": "context sizes for vanilla/loo, e.g. ks=[18,32]",
     "seeds": "context-set seeds for vanilla/loo, e.g. seeds=[0,1,2]",

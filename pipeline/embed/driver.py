@@ -79,7 +79,7 @@ def get_embeddings(dataset: str, split: str, backbone: str, protocol: str = "str
 
 def _key_for(cfg: EmbedConfig, plan: Plan, split: str, k: int | None = None, seed: int | None = None) -> dict:
     return entry_key(backbone=cfg.backbone, revision=plan.revision, dataset_digest=dataset_digest(plan.examples[split]),
-                     split=split, protocol=cfg.protocol, layer=cfg.layer, pooling=cfg.pooling, dtype=plan.dtype,
+                     split=split, protocol=cfg.protocol, layer=cfg.layer, pooling=plan.pooling, dtype=plan.dtype,
                      max_length=cfg.max_length, k=k, seed=seed)
 
 

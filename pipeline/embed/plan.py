@@ -25,10 +25,18 @@ class Plan:
     revision: str  # backbone revision the driver resolved; every worker must load the same
     dtype: str  # resolved (never "auto")
     device: str
+    pooling: str  # resolved (never "auto"): what the cache key and every embedder use
 
 
 def make_plan(cfg: EmbedConfig) -> Plan:
     kind, revision = backbones.backbone_info(cfg.backbone)
+    try:
+        pooling = backbones.backbone_pooling(cfg.backbone, cfg.pooling)
+    except backbones.BackboneError as e:
+        raise EmbedError(f"backbone {cfg.backbone!r}: {e}") from None
+    if cfg.protocol in CONTEXT_PROTOCOLS and pooling not in ("mean", "last"):
+        raise EmbedError(f"protocol={cfg.protocol} pools each example's span by mean or last; "
+                         f"pooling={cfg.pooling!r} resolves to {pooling!r} for {cfg.backbone!r}")
     device = device_for(cfg.gpus_per_actor)
     dtype = resolve_dtype(cfg.dtype, device)
     splits = list(dict.fromkeys(cfg.splits))
@@ -45,4 +53,4 @@ def make_plan(cfg: EmbedConfig) -> Plan:
         if ex.modality != want:
             raise EmbedError(f"dataset {cfg.dataset!r} is {ex.modality} but backbone {cfg.backbone!r} ({kind}) needs {want}")
         examples[s] = ex
-    return Plan(examples, kind, revision, dtype, device)
+    return Plan(examples, kind, revision, dtype, device, pooling)

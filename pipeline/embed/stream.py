@@ -81,7 +81,7 @@ class BackboneEmbedder:
 
 def embedder_kwargs(cfg: EmbedConfig, plan: Plan) -> dict:
     """`BackboneEmbedder` constructor arguments: what every actor (or the driver) loads."""
-    return dict(backbone=cfg.backbone, layer=cfg.layer, pooling=cfg.pooling, dtype=plan.dtype, device=plan.device,
+    return dict(backbone=cfg.backbone, layer=cfg.layer, pooling=plan.pooling, dtype=plan.dtype, device=plan.device,
                 max_length=cfg.max_length, batch_size=cfg.batch_size, expected_revision=plan.revision,
                 torch_threads=cfg.torch_threads, fail_once=cfg.fail_once)
 
