@@ -9,7 +9,7 @@ from typing import Any
 
 from ..runtime import torch_dtype
 from .model import AudioBackbone, Backbone, BackboneError, ConvBackbone, HFWhisperBackbone
-from .pooling import AUTO, MODES, pooling_problem, resolve_pooling
+from .pooling import AUTO, MODES, check_pooling, resolve_pooling
 from .registry import REGISTRY
 from .resolve import Resolved, backbone_info, check_safetensors, inspect_backbone, resolve
 
@@ -82,11 +82,8 @@ NATIVE_VISION = {"efficientnet_lite0": _load_efficientnet}  # config model_type 
 
 
 def _effective_pooling(res: Resolved, kind: str, pooling: str) -> str:
-    """`pooling` resolved for this backbone: `auto` reads a text model's sentence-transformers config
-    (images and audio have none: mean); audio encoders pool frames by mean or last only."""
-    problem = pooling_problem(pooling)
-    if problem:
-        raise BackboneError(problem)
+    """A valid `pooling` resolved for this backbone: `auto` reads a text model's sentence-transformers
+    config (images and audio have none: mean); audio encoders pool frames by mean or last only."""
     if kind in ("encoder", "causal"):
         return resolve_pooling(res.location, res.local, pooling)
     pooling = "mean" if pooling == AUTO else pooling
@@ -96,10 +93,13 @@ def _effective_pooling(res: Resolved, kind: str, pooling: str) -> str:
     return pooling
 
 
-def backbone_pooling(name_or_path: str, pooling: str) -> str:
+def backbone_pooling(name_or_path: str, pooling: str, kind: str | None = None) -> str:
     """What `load_backbone(name_or_path, pooling=pooling)` pools by, without loading weights
-    (an embedding cache key records this, never `auto`)."""
-    kind, _ = backbone_info(name_or_path)
+    (an embedding cache key records this, never `auto`). `kind`: the backbone's, if the caller
+    already has it from `backbone_info`."""
+    check_pooling(pooling)
+    if kind is None:
+        kind, _ = backbone_info(name_or_path)
     return _effective_pooling(resolve(name_or_path), kind, pooling)
 
 
@@ -122,8 +122,7 @@ def load_backbone(
     The backbone's `pooling` is the resolved name.
     audio_window: Whisper only: "auto" (shortest window that holds each clip) or "30s".
     """
-    if pooling_problem(pooling):  # before any folder is resolved or built
-        raise BackboneError(pooling_problem(pooling))
+    check_pooling(pooling)  # before any folder is resolved or built
     res, cfg, revision, kind = inspect_backbone(name_or_path, trust_remote_code)
     pooling = _effective_pooling(res, kind, pooling)
     if kind == "audio":

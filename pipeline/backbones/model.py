@@ -145,7 +145,7 @@ class Backbone:
             h = self._forward_hidden(pixel_values=pix).float()
             if h.ndim == 4:  # convolutional models: (B, C, H, W) feature maps
                 pooled = h.mean(dim=(2, 3))
-            elif self.pooling == "mean":
+            elif self.pooling == "mean":  # as before pool_states: the same bits as earlier cache entries
                 pooled = h.mean(1)
             elif self.pooling == "last":
                 pooled = h[:, -1]
@@ -346,11 +346,6 @@ class HFWhisperBackbone(AudioBackbone):
     CTranslate2 does (tests/test_whisper_hf.py checks this path against `forward` at 30 s and
     against CTranslate2 on one model converted both ways).
     """
-
-    def __init__(self, *, name: str, revision: str, model: Any, feature_extractor: Any, pooling: str,
-                 location: str, device: str, window: str = "auto"):
-        super().__init__(name=name, revision=revision, model=model, feature_extractor=feature_extractor,
-                         pooling=pooling, location=location, device=device, window=window)
 
     @property
     def fingerprint(self) -> dict:

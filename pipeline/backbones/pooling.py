@@ -31,24 +31,26 @@ _ST_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"
              "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len", "pooling_mode_lasttoken": "last"}
 
 
-def pooling_problem(pooling: str) -> Optional[str]:
-    """None if `pooling` is a valid pooling name, else what is wrong with it (for the caller's error)."""
-    mode = str(pooling)
-    if mode == AUTO:
-        return None
-    if mode.endswith(NORMALIZE):
-        mode = mode[: -len(NORMALIZE)]
-    if mode in MODES:
-        return None
-    return (f"pooling={pooling!r}: expected one of {', '.join(MODES)} (each optionally +normalize, e.g. "
-            f"mean+normalize) or auto (the folder's sentence-transformers pooling, else mean)")
-
-
 def split_pooling(pooling: str) -> tuple[str, bool]:
     """(mode, normalise?) of a resolved pooling name."""
     if pooling.endswith(NORMALIZE):
         return pooling[: -len(NORMALIZE)], True
     return pooling, False
+
+
+def pooling_problem(pooling: str) -> Optional[str]:
+    """None if `pooling` is a valid pooling name, else what is wrong with it (for the caller's error)."""
+    if pooling == AUTO or split_pooling(str(pooling))[0] in MODES:
+        return None
+    return (f"pooling={pooling!r}: expected one of {', '.join(MODES)} (each optionally +normalize, e.g. "
+            f"mean+normalize) or auto (the folder's sentence-transformers pooling, else mean)")
+
+
+def check_pooling(pooling: str) -> None:
+    """BackboneError unless `pooling` is a valid pooling name."""
+    problem = pooling_problem(pooling)
+    if problem:
+        raise BackboneError(problem)
 
 
 def _read_file(location: str, local: bool, name: str) -> Optional[str]:
@@ -91,10 +93,8 @@ def sentence_transformers_pooling(location: str, local: bool = True) -> Optional
 
 
 def resolve_pooling(location: str, local: bool, pooling: str) -> str:
-    """`pooling` with `auto` replaced by what the folder declares (or "mean"); others unchanged."""
-    problem = pooling_problem(pooling)
-    if problem:
-        raise BackboneError(problem)
+    """A valid `pooling` (`check_pooling`) with `auto` replaced by what the folder declares (or
+    "mean"); others unchanged."""
     if pooling != AUTO:
         return pooling
     return sentence_transformers_pooling(location, local) or "mean"

@@ -80,8 +80,9 @@ class EmbedConfig:
             for k in self.ks:
                 if k < 2 or k % 2:
                     raise ConfigError(f"ks: k={k}: expected an even number >= 2")
-        if pooling_problem(self.pooling):
-            raise ConfigError(pooling_problem(self.pooling))
+        problem = pooling_problem(self.pooling)
+        if problem:
+            raise ConfigError(problem)
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor={self.executor!r}: expected one of {', '.join(EXECUTORS)}")
         if self.actors < 1:

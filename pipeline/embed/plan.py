@@ -31,7 +31,7 @@ class Plan:
 def make_plan(cfg: EmbedConfig) -> Plan:
     kind, revision = backbones.backbone_info(cfg.backbone)
     try:
-        pooling = backbones.backbone_pooling(cfg.backbone, cfg.pooling)
+        pooling = backbones.backbone_pooling(cfg.backbone, cfg.pooling, kind)
     except backbones.BackboneError as e:
         raise EmbedError(f"backbone {cfg.backbone!r}: {e}") from None
     if cfg.protocol in CONTEXT_PROTOCOLS and pooling not in ("mean", "last"):
