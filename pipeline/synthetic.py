@@ -54,6 +54,9 @@ class EmbeddingPrior:
     queries: int = 32  # query points after the context (the loss is on them)
     classes: int = 2  # episodes have C ~ U{2 .. classes} classes per step (2: binary only; > 2 needs a
     #                   multi-class reasoner, model.classes >= classes)
+    paper_share: float = 0.0  # share of binary episodes that are the paper's task exactly as v1 trained on
+    #                           it (x ~ N(0, I_d) unwhitened, w ~ N(0, I_d) * weight_multiplier): replay that
+    #                           keeps a fine-tune of v1 at home on near-separable tasks, where v1 is at its best
 
     def check(self, d: int, points: int) -> None:
         if self.raw_dims < d:
@@ -67,7 +70,7 @@ class EmbeddingPrior:
             raise ValueError(f"prior.flip_max={self.flip_max}: expected 0 <= flip_max < 0.5")
         if not 0 < self.sep_min <= self.sep_max:
             raise ValueError(f"prior.sep_min={self.sep_min}, sep_max={self.sep_max}: expected 0 < min <= max")
-        for name in ("heavy_tail", "clusters", "class_conditional"):
+        for name in ("heavy_tail", "clusters", "class_conditional", "paper_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"prior.{name}={getattr(self, name)}: expected a share in [0, 1]")
         if self.queries < 1:
@@ -344,7 +347,23 @@ def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", devi
     else:
         x, y = sample_multiclass_episodes_torch(spec, n, n_classes, gen, device, points=k + q, n_context=k)
     zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d)
-    return zc, y[:, :k], zq, y[:, k:]
+    yc, yq = y[:, :k], y[:, k:]
+    if n_classes == 2 and spec.prior.paper_share > 0:  # drawn last: paper_share=0 sees the same batches as before
+        zc, yc, zq, yq = _replay_paper_task(spec, zc, yc, zq, yq, gen)
+    return zc, yc, zq, yq
+
+
+def _replay_paper_task(spec: TaskSpec, zc, yc, zq, yq, gen):
+    """Replace a `prior.paper_share` of a batch's episodes by the paper's task as v1 trained on it."""
+    import torch
+    n, k, d = zc.shape
+    x = torch.randn(n, k + zq.shape[1], d, generator=gen, device=zc.device)
+    w = torch.randn(n, d, generator=gen, device=zc.device) * spec.weight_multiplier
+    u = torch.rand(n, x.shape[1], generator=gen, device=zc.device)
+    y = (u < torch.sigmoid(torch.einsum("npd,nd->np", x, w))).float()
+    paper = torch.rand(n, 1, generator=gen, device=zc.device) < spec.prior.paper_share
+    pick = lambda new, old: torch.where(paper[:, :, None] if old.dim() == 3 else paper, new, old)
+    return pick(x[:, :k], zc), pick(y[:, :k], yc), pick(x[:, k:], zq), pick(y[:, k:], yq)
 
 
 def context_size(spec: TaskSpec, seed: int, step: int) -> int:

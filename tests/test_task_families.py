@@ -75,6 +75,29 @@ def test_signal_and_flip_rate_move_the_attainable_accuracy():
     assert a_noisy < a_strong - 0.1, (a_noisy, a_strong)
 
 
+def test_paper_replay_share_mixes_in_v1s_own_task_and_zero_changes_nothing():
+    k = 40
+    base = embedding_batch(_spec(), 64, k, torch.Generator().manual_seed(5))
+    same = embedding_batch(_spec(paper_share=0.0), 64, k, torch.Generator().manual_seed(5))
+    for a, b in zip(base, same):
+        assert torch.equal(a, b)
+    zc, yc, zq, yq = embedding_batch(_spec(paper_share=0.5), 64, k, torch.Generator().manual_seed(5))
+    # replayed episodes are the paper's: unwhitened N(0, I) points (a whitened context has exactly unit
+    # variance per coordinate), labels from a near-noiseless w ~ N(0, 100 I) that LR recovers
+    from sklearn.linear_model import LogisticRegression
+    var = zc.var(1, unbiased=True).mean(-1)  # (n,)
+    replayed = (var - 1).abs() > 1e-3
+    assert 16 <= int(replayed.sum()) <= 48, int(replayed.sum())
+    for i in torch.nonzero(replayed).flatten()[:8].tolist():
+        assert torch.equal(zc[i], base[0][i]) is False
+        clf = LogisticRegression(C=100.0, max_iter=5000).fit(zc[i].numpy(), yc[i].numpy())
+        assert (clf.predict(zq[i].numpy()) == yq[i].numpy()).mean() >= 0.75
+    kept = torch.nonzero(~replayed).flatten()
+    assert torch.equal(zc[kept], base[0][kept]) and torch.equal(yq[kept], base[3][kept])
+    with pytest.raises(ValueError, match="paper_share"):
+        _spec(paper_share=1.5)
+
+
 def test_context_sizes_cover_the_range_and_are_a_function_of_step():
     spec = _spec()
     ks = [context_size(spec, 0, s) for s in range(400)]
