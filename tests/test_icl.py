@@ -156,6 +156,7 @@ def test_multi_class_icl_scores_every_label_word_and_cached_equals_full_prompt(l
     assert (p.argmax(axis=1) == [0, 1, 2, 3]).mean() >= 0.75  # chance 0.25
 
 
+@pytest.mark.slow  # 300 real LM prompts' worth of scoring (~9 s); the inner loop keeps test_calibration_*'s real LM
 def test_real_icl_sms_spam_k18(lm, sms):
     tok, model = lm
     pool, test, idx = sms
