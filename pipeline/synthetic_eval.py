@@ -8,6 +8,7 @@ classifier that knows w (predicts 1 iff x . w > 0). Accuracy is against the samp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -18,7 +19,7 @@ import numpy as np
 
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .reasoner import Reasoner, ReasonerError, load_reasoner
-from .synthetic import TaskSpec, sample_episodes_np
+from .synthetic import TaskSpec, sample_episodes_np, task_from_record
 
 
 def evaluate(
@@ -77,7 +78,6 @@ def evaluate_family(reasoner: Reasoner, task: TaskSpec, ks=(18, 32, 64), episode
     """Accuracy on held-out episodes of the embedding family (whitened on each context as the
     composition does), per slice and k: the reasoner, LR at C=1 (what lr_probe does) and the
     oracle LR (the best C of ORACLE_CS for that slice and k, chosen in hindsight)."""
-    import dataclasses
 
     import torch
     from sklearn.linear_model import LogisticRegression
@@ -128,6 +128,7 @@ class SyntheticEvalConfig:
     device: str = "cpu"
     json: Optional[str] = None  # also write the results here
     family: str = "gaussian"  # gaussian (v1's task) | embedding (v2's, per slice, with an oracle LR)
+    prior_of: Optional[str] = None  # embedding: the reasoner whose recorded training prior the episodes follow
 
     def validate(self) -> None:
         if not self.ks or any(k < 2 for k in self.ks):
@@ -148,7 +149,21 @@ FIELD_HELP = {
     "json": "also write the results to this JSON file",
     "family": "gaussian (v1's task, next to LR and Bayes) | embedding (v2's family, per slice, next to LR at C=1 "
               "and an oracle LR with the best C in hindsight)",
+    "prior_of": "family=embedding: draw episodes from the prior this reasoner (name or folder) was trained on, "
+                "without its paper-task replay (null: the scored reasoner's own; the family's defaults if it "
+                "was not trained on the embedding family)",
 }
+
+
+def recorded_task(reasoner: Reasoner) -> Optional[TaskSpec]:
+    """The embedding-family task a reasoner was trained on, from its checkpoint's train config, with
+    the paper-task replay off (the replay is a training device; the v1 task is scored on its own):
+    None for a reasoner not trained on the family (v1)."""
+    rec = (reasoner.meta.get("train_config") or {}).get("task") or {}
+    if rec.get("family") != "embedding":
+        return None
+    task = task_from_record(rec)
+    return dataclasses.replace(task, prior=dataclasses.replace(task.prior, paper_share=0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,8 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tart eval-synthetic: error: {e}", file=sys.stderr)
         return 2
     if cfg.family == "embedding":
-        res = evaluate_family(r, TaskSpec(d=r.d, points=max(cfg.ks) + 32, family="embedding"), cfg.ks,
-                              cfg.episodes, cfg.seed)
+        try:
+            source = load_reasoner(cfg.prior_of, device=cfg.device) if cfg.prior_of else r
+        except (ReasonerError, OSError) as e:
+            print(f"tart eval-synthetic: error: prior_of={cfg.prior_of!r}: {e}", file=sys.stderr)
+            return 2
+        task = recorded_task(source) or TaskSpec(d=r.d, family="embedding")
+        task = dataclasses.replace(task, d=r.d, points=max(cfg.ks) + task.prior.queries)
+        print(f"[eval-synthetic] embedding family prior: {dataclasses.asdict(task.prior)}", flush=True)
+        res = evaluate_family(r, task, cfg.ks, cfg.episodes, cfg.seed)
     else:
         res = evaluate(r, cfg.ks, cfg.episodes, cfg.queries, cfg.seed)
     print(format_table(res))

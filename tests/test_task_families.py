@@ -134,7 +134,7 @@ def test_shards_refuse_the_embedding_family_with_a_clear_error():
 @pytest.mark.slow
 def test_fine_tune_from_v1_starts_at_v1_and_records_its_family(tmp_path):
     overrides = ["size=medium", "task.family=embedding", "task.points=50", "task.prior.queries=8",
-                 "init_from=v1", "steps=2", "batch_size=4", "lr=1e-12", "warmup_steps=1", "eval_every=2",
+                 "task.prior.paper_share=0.25", "task.prior.raw_dims=48", "init_from=v1", "steps=2", "batch_size=4", "lr=1e-12", "warmup_steps=1", "eval_every=2",
                  "eval_ks=[18]", "eval_episodes=8", "checkpoint_every=2", "log_every=1"]
     cfg = load_config(TrainConfig, None, overrides)
     train_local(cfg, str(tmp_path / "run"))
@@ -146,6 +146,16 @@ def test_fine_tune_from_v1_starts_at_v1_and_records_its_family(tmp_path):
     # lr 1e-12 for two steps: the weights are v1's to float precision
     for (name, a), b in zip(v1.model.state_dict().items(), tuned.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+    # eval-synthetic's family episodes follow the prior the checkpoint records, replay off; v1 has none
+    from pipeline.synthetic_eval import main as eval_main, recorded_task
+
+    task = recorded_task(tuned)
+    assert task.prior.raw_dims == 48 and task.prior.queries == 8 and task.prior.paper_share == 0.0
+    assert recorded_task(v1) is None
+    out = tmp_path / "fam.json"
+    assert eval_main(["family=embedding", f"prior_of={ckpt}", "ks=[18]", "episodes=4", f"json={out}"]) == 0
+    assert set(json.loads(out.read_text())) >= {"family k=18", "noisy labels k=18"}
+    assert eval_main(["family=embedding", f"prior_of={tmp_path / 'nowhere'}", "ks=[18]"]) == 2
 
 
 def test_init_from_a_reasoner_of_another_shape_is_refused(tmp_path):
