@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
-from .reasoner import Reasoner, ReasonerError, load_reasoner
+from .reasoner import Reasoner, ReasonerError, load_reasoner, read_checkpoint_config, shipped_dir
 from .synthetic import TaskSpec, sample_episodes_np, task_from_record
 
 
@@ -78,7 +78,6 @@ def evaluate_family(reasoner: Reasoner, task: TaskSpec, ks=(18, 32, 64), episode
     """Accuracy on held-out episodes of the embedding family (whitened on each context as the
     composition does), per slice and k: the reasoner, LR at C=1 (what lr_probe does) and the
     oracle LR (the best C of ORACLE_CS for that slice and k, chosen in hindsight)."""
-
     import torch
     from sklearn.linear_model import LogisticRegression
 
@@ -155,11 +154,11 @@ FIELD_HELP = {
 }
 
 
-def recorded_task(reasoner: Reasoner) -> Optional[TaskSpec]:
-    """The embedding-family task a reasoner was trained on, from its checkpoint's train config, with
+def recorded_task(meta: dict) -> Optional[TaskSpec]:
+    """The embedding-family task a reasoner was trained on, from its checkpoint config (`meta`), with
     the paper-task replay off (the replay is a training device; the v1 task is scored on its own):
     None for a reasoner not trained on the family (v1)."""
-    rec = (reasoner.meta.get("train_config") or {}).get("task") or {}
+    rec = (meta.get("train_config") or {}).get("task") or {}
     if rec.get("family") != "embedding":
         return None
     task = task_from_record(rec)
@@ -182,11 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if cfg.family == "embedding":
         try:
-            source = load_reasoner(cfg.prior_of, device=cfg.device) if cfg.prior_of else r
+            meta = read_checkpoint_config(shipped_dir(cfg.prior_of)) if cfg.prior_of else r.meta
         except (ReasonerError, OSError) as e:
             print(f"tart eval-synthetic: error: prior_of={cfg.prior_of!r}: {e}", file=sys.stderr)
             return 2
-        task = recorded_task(source) or TaskSpec(d=r.d, family="embedding")
+        task = recorded_task(meta) or TaskSpec(d=r.d, family="embedding")
         task = dataclasses.replace(task, d=r.d, points=max(cfg.ks) + task.prior.queries)
         print(f"[eval-synthetic] embedding family prior: {dataclasses.asdict(task.prior)}", flush=True)
         res = evaluate_family(r, task, cfg.ks, cfg.episodes, cfg.seed)

@@ -149,9 +149,9 @@ def test_fine_tune_from_v1_starts_at_v1_and_records_its_family(tmp_path):
     # eval-synthetic's family episodes follow the prior the checkpoint records, replay off; v1 has none
     from pipeline.synthetic_eval import main as eval_main, recorded_task
 
-    task = recorded_task(tuned)
+    task = recorded_task(tuned.meta)
     assert task.prior.raw_dims == 48 and task.prior.queries == 8 and task.prior.paper_share == 0.0
-    assert recorded_task(v1) is None
+    assert recorded_task(v1.meta) is None
     out = tmp_path / "fam.json"
     assert eval_main(["family=embedding", f"prior_of={ckpt}", "ks=[18]", "episodes=4", f"json={out}"]) == 0
     assert set(json.loads(out.read_text())) >= {"family k=18", "noisy labels k=18"}
