@@ -89,7 +89,7 @@ def test_paper_replay_share_mixes_in_v1s_own_task_and_zero_changes_nothing():
     replayed = (var - 1).abs() > 1e-3
     assert 16 <= int(replayed.sum()) <= 48, int(replayed.sum())
     for i in torch.nonzero(replayed).flatten()[:8].tolist():
-        assert torch.equal(zc[i], base[0][i]) is False
+        assert not torch.equal(zc[i], base[0][i])
         clf = LogisticRegression(C=100.0, max_iter=5000).fit(zc[i].numpy(), yc[i].numpy())
         assert (clf.predict(zq[i].numpy()) == yq[i].numpy()).mean() >= 0.75
     kept = torch.nonzero(~replayed).flatten()
