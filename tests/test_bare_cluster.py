@@ -112,8 +112,11 @@ def _bare_venv() -> Path:
 
 def _clean_env(bare_bin: Path | None = None, **extra) -> dict:
     """This process's environment without the project's venv: what a node of a bare cluster sees."""
+    # PYTHONDONTWRITEBYTECODE too: some sandboxes set it globally, a cluster node does not, and the runtime env
+    # installs with --no-compile on the promise that a job's first imports cache their bytecode in the env
     env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CONDA_PREFIX")
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "CONDA_PREFIX",
+                        "PYTHONDONTWRITEBYTECODE")
            and not k.startswith("PYTEST_")}
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and os.path.realpath(p) != os.path.realpath(PROJECT_BIN)]
     env["PATH"] = os.pathsep.join(([str(bare_bin)] if bare_bin else []) + path)

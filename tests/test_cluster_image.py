@@ -121,9 +121,10 @@ def test_stock_and_cpu_envs_install_every_dependency_with_torch_and_ray_pinned()
             if gen.req_name(a) not in gen.STOCK_SKIPS:
                 assert pkgs[gen.req_name(a)] == a, f"{path.name}: {a} pinned as in constraints/offline-assets.txt"
     stock_opts = yaml.safe_load(gen.STOCK_ENV.read_text())["pip"]["pip_install_options"]
-    assert stock_opts[:2] == ["--extra-index-url", url] and "--no-cache-dir" in stock_opts
+    assert stock_opts == ["--extra-index-url", url, "--disable-pip-version-check", "--no-cache-dir", "--no-compile"]
     # the CPU env names no index: here the CPU wheel is local, and an unreachable index costs ~8 s a package
-    assert "pip_install_options" not in yaml.safe_load(gen.CPU_ENV.read_text())["pip"]
+    cpu_opts = yaml.safe_load(gen.CPU_ENV.read_text())["pip"]["pip_install_options"]
+    assert cpu_opts == ["--disable-pip-version-check", "--no-cache-dir", "--no-compile"]
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu12[0-9]", url), url
 
 
