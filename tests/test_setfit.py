@@ -133,18 +133,19 @@ def test_setfit_is_deterministic_per_seed_and_takes_several_classes(encoder):
         fit_predict(encoder, X[:3], [1, 1, 1], Q, seed=0, config=cfg)
 
 
-@pytest.mark.slow  # two SetFit fine-tunings with SetFit's own recipe (20 iterations) through the grid on Ray
+@pytest.mark.slow  # a SetFit fine-tuning with SetFit's own recipe (20 iterations) through the grid on Ray
 def test_setfit_grid_on_ray_records_rows_and_a_marked_compare_table(tmp_path, ray_local, mlflow_sqlite):
+    # one seed: per-seed determinism and several seeds' contexts are test_setfit_is_deterministic_per_seed_*'s
     from pipeline.compare import markdown_table, summarize
     from pipeline.grid import read_results, run_grid
 
     mlflow_sqlite(tmp_path / "mlflow.db")
-    spec = _spec(tmp_path, methods="[setfit,lr_full]", backbones="[minilm-l6]", seeds="[0,1]", executor="ray")
+    spec = _spec(tmp_path, methods="[setfit,lr_full]", backbones="[minilm-l6]", seeds="[0]", executor="ray")
     s = run_grid(spec)
-    assert s["cells_run"] == 4 and s["cells_failed"] == 0 and s["mlflow_unlogged"] == 0
+    assert s["cells_run"] == 2 and s["cells_failed"] == 0 and s["mlflow_unlogged"] == 0
     df = read_results(spec)
     sf = df[df["method"] == "setfit"]
-    assert len(sf) == 2 and (sf["runtime_s"] > 0).all() and (sf["accuracy"] > 0.6).all()
+    assert len(sf) == 1 and (sf["runtime_s"] > 0).all() and (sf["accuracy"] > 0.6).all()
     lr = df[df["method"] == "lr_full"].set_index("seed")
     for _, row in sf.iterrows():  # the same test set as the other methods, in the same order
         assert list(row["test_ids"]) == list(lr.loc[row["seed"], "test_ids"])
