@@ -163,7 +163,8 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
         E = self._embed(X, reset=True)
         if E.shape[0] != len(y):
             raise MethodError(f"X has {E.shape[0]} examples but y has {len(y)} labels")
-        self.whitening_ = fit_whitening(E, d=self.d, eps=self.eps, allow_small_k=self.allow_small_k)
+        self.whitening_ = fit_whitening(E, d=self.d, eps=self.eps, allow_small_k=self.allow_small_k,
+                                        reduction=reasoner.reduction)  # the features it was trained on
         self.classes_ = classes
         self.y_context_ = y_index.astype(np.int64)
         self.z_context_ = self.whitening_.transform(E).astype(np.float32)

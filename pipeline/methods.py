@@ -17,6 +17,7 @@ and return P(label = 1) for every query, shape (q,), behind one entry point,
               all q queries in ONE batched call (`Reasoner.predict_proba`).
     lr_probe  scikit-learn LogisticRegression on the same whitened d-dim features: the
               paper's "probe on the same features" baseline.
+    lr_scaled lr_probe on the `scaled` reduction (below): the probe on reasoner v2's features.
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
 
@@ -46,6 +47,14 @@ features, duplicate rows, D < d, all-identical rows — are mapped to 0, the val
 reasoner saw for inactive coordinates during its curriculum. The output always has d
 columns. TART needs k > d points to fit d directions: k <= d raises `MethodError`
 unless `allow_small_k=True` (then only k-1 directions carry data, the rest are 0).
+
+The reduction `scaled` (`fit_whitening(..., reduction="scaled")`, what reasoner v2 reads) keeps
+what whitening throws away: rows are L2-normalised, projected on the same top-d context
+directions, and every coordinate is divided by ONE scale, the root of the mean context variance
+over the d directions, so the context's mean coordinate variance is 1 and the variance spectrum
+(which directions the context spreads along, and so where a class signal tends to sit) survives.
+`whiten` (the paper's) is every method's default; a reasoner trained on scaled episodes records
+it, and tart reads its reasoner's reduction (`Reasoner.reduction`).
 
 One-class contexts (every context label equal): by default every method raises
 `MethodError` (logistic regression is undefined and the reasoner would only echo the
@@ -92,6 +101,7 @@ class Whitening:
     variances: np.ndarray  # (d,) context variance along each direction (0 where none)
     eps: float
     n_informative: int  # directions with real context variance
+    normalize: bool = False  # L2-normalise each row before the projection (reduction "scaled")
 
     @property
     def d(self) -> int:
@@ -105,8 +115,16 @@ class Whitening:
         X = _as_matrix(X, "X")
         if X.shape[1] != self.input_dim:
             raise MethodError(f"X has {X.shape[1]} features; the whitening was fitted on {self.input_dim}")
+        if self.normalize:
+            X = _unit_rows(X)
         Z = ((X - self.mean) @ self.components.T) * self.scale
         return Z.astype(np.float64, copy=False)
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (an all-zero row stays zero)."""
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norm > 0, norm, 1.0)
 
 
 def _as_matrix(X: Any, name: str) -> np.ndarray:
@@ -121,9 +139,18 @@ def _as_matrix(X: Any, name: str) -> np.ndarray:
     return A
 
 
-def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k: bool = False) -> Whitening:
-    """PCA to `d` dims + whitening, fitted on the k context embeddings `Xc` (k, D) only."""
+REDUCTIONS = ("whiten", "scaled")  # the paper's whitening; PCA with one global scale (see the module docstring)
+
+
+def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k: bool = False,
+                  reduction: str = "whiten") -> Whitening:
+    """PCA to `d` dims + whitening (or `reduction="scaled"`), fitted on the k context embeddings `Xc` (k, D) only."""
     Xc = _as_matrix(Xc, "Xc")
+    if reduction not in REDUCTIONS:
+        raise MethodError(f"reduction={reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+    normalize = reduction == "scaled"
+    if normalize:
+        Xc = _unit_rows(Xc)
     k, D = Xc.shape
     if not isinstance(d, (int, np.integer)) or d < 1:
         raise MethodError(f"d={d!r}: expected a positive integer")
@@ -158,10 +185,13 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
     vmax = float(var[0]) if var.size else 0.0
     informative = variances > RANK_RTOL * vmax if vmax > 0 else np.zeros(d, dtype=bool)
     scale = np.zeros(d)
-    scale[informative] = 1.0 / np.sqrt(variances[informative] + eps * vmax)
+    if normalize:  # one scale for every direction: the mean context variance over the d kept ones becomes 1
+        scale[informative] = 1.0 / np.sqrt(variances[informative].mean() + eps * vmax) if informative.any() else 0.0
+    else:
+        scale[informative] = 1.0 / np.sqrt(variances[informative] + eps * vmax)
     components[~informative] = 0.0  # no context variance along it: maps everything to 0
     return Whitening(mean=mean, components=components, scale=scale, variances=variances, eps=float(eps),
-                     n_informative=int(informative.sum()))
+                     n_informative=int(informative.sum()), normalize=normalize)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -369,8 +399,8 @@ def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_c
     """P(label=1) for each query (q,) by the EMBEDDINGS method `name`; with n_classes = C > 2,
     P(label=c) for each query and class (q, C), rows summing to 1. `opts` go to the method.
 
-    tart: d (default reasoner.d), eps, allow_small_k. lr_probe: d, eps, allow_small_k, C,
-    max_iter. lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
+    tart: d (default reasoner.d), eps, allow_small_k, reduction (default the reasoner's).
+    lr_probe: d, eps, allow_small_k, C, max_iter, reduction (default whiten). lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
     Multi-class: tart composes the binary reasoner one-vs-rest (the C episodes in one batched
     call, normalised); the LR probes are multinomial.
     """
@@ -432,11 +462,14 @@ def _logreg(C: float, max_iter: int):
 
 @register("tart", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
 def _tart(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("tart", opts, ("d", "eps", "allow_small_k", "n_classes", "multiclass"))
+    _check_opts("tart", opts, ("d", "eps", "allow_small_k", "n_classes", "multiclass", "reduction"))
     d = int(opts.get("d", reasoner.d))
     REGISTRY["tart"].check_context(Xc.shape[0], dims=d, reasoner_d=reasoner.d, reasoner_max_k=reasoner.max_k,
                                    allow_small_k=opts.get("allow_small_k", False))
-    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
+    # the features the reasoner was trained on (v1: whitened) unless the caller asks otherwise
+    reduction = opts.get("reduction", getattr(reasoner, "reduction", "whiten"))
+    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False),
+                      reduction=reduction)
     Zc, Zq = w.transform(Xc), w.transform(Xq)
     C = int(opts.get("n_classes", 2))
     if C > 2:
@@ -523,14 +556,23 @@ def _tart_pca8x2(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = 
 
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes"))
+    _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes", "reduction"))
     d = int(opts.get("d", reasoner.d if reasoner is not None else DEFAULT_PCA_DIMS))
     REGISTRY["lr_probe"].check_context(Xc.shape[0], dims=d, allow_small_k=opts.get("allow_small_k", False))
-    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False))
+    w = fit_whitening(Xc, d=d, eps=opts.get("eps", DEFAULT_EPS), allow_small_k=opts.get("allow_small_k", False),
+                      reduction=opts.get("reduction", "whiten"))
     clf = _logreg(float(opts.get("C", 1.0)), int(opts.get("max_iter", 1000))).fit(w.transform(Xc), y)
     if int(opts.get("n_classes", 2)) > 2:  # multinomial (lbfgs' default for several classes)
         return _full_proba(clf, w.transform(Xq), int(opts["n_classes"]))
     return clf.predict_proba(w.transform(Xq))[:, 1]
+
+
+@register("lr_scaled", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
+def _lr_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """lr_probe on the `scaled` reduction: the probe on the same features a scaled reasoner (v2) reads."""
+    if "reduction" in opts:
+        raise MethodError("method 'lr_scaled' fits reduction='scaled' by definition; use lr_probe for another")
+    return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
 
 
 @register("lr_full", multiclass=True)

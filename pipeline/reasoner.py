@@ -293,6 +293,14 @@ class Reasoner:
         return self.model.cfg.max_points - 1
 
     @property
+    def reduction(self) -> str:
+        """How the composition reduces embeddings for this reasoner: the reduction its training episodes
+        recorded (`task.prior.reduction` of the embedding family; `methods.REDUCTIONS`), else the
+        paper's whitening (v1, and every reasoner trained before reductions existed)."""
+        task = (self.meta.get("train_config") or {}).get("task") or {}
+        return (task.get("prior") or {}).get("reduction", "whiten") if task.get("family") == "embedding" else "whiten"
+
+    @property
     def classes(self) -> int:
         """The most classes one episode may have: 2 for a binary reasoner (v1), C_max for a multi-class one."""
         return self.model.cfg.classes

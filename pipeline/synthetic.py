@@ -54,6 +54,8 @@ class EmbeddingPrior:
     queries: int = 32  # query points after the context (the loss is on them)
     classes: int = 2  # episodes have C ~ U{2 .. classes} classes per step (2: binary only; > 2 needs a
     #                   multi-class reasoner, model.classes >= classes)
+    reduction: str = "whiten"  # how each episode is reduced on its context, as the composition will
+    #                            (`methods.REDUCTIONS`: whiten, or scaled = unit rows, PCA, one global scale)
     paper_share: float = 0.0  # share of binary episodes that are the paper's task exactly as v1 trained on
     #                           it (x ~ N(0, I_d) unwhitened, w ~ N(0, I_d) * weight_multiplier): replay that
     #                           keeps a fine-tune of v1 at home on near-separable tasks, where v1 is at its best
@@ -75,6 +77,9 @@ class EmbeddingPrior:
                 raise ValueError(f"prior.{name}={getattr(self, name)}: expected a share in [0, 1]")
         if self.queries < 1:
             raise ValueError(f"prior.queries={self.queries}: expected >= 1")
+        from .methods import REDUCTIONS
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"prior.reduction={self.reduction!r}: expected one of {', '.join(REDUCTIONS)}")
         if not 2 <= self.classes <= d:
             raise ValueError(f"prior.classes={self.classes}: expected 2 <= classes <= d={d} (one-hot label tokens)")
         if not 2 <= self.k_min <= points - self.queries:
@@ -314,12 +319,17 @@ def _balanced(n: int, m: int, gen, device) -> "torch.Tensor":
     return base.float()[order]
 
 
-def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: float = 1e-6):
-    """Batched twin of `methods.fit_whitening(...).transform`: PCA to d dims + whitening fitted on
-    each episode's context xc (n, k, D), applied to xc and its queries xq (n, q, D). Same
-    centring, sign rule, epsilon and zeroed degenerate directions. Returns (n, k, d), (n, q, d)."""
+def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: float = 1e-6,
+                         reduction: str = "whiten"):
+    """Batched twin of `methods.fit_whitening(..., reduction=...).transform`: PCA to d dims + whitening
+    (or the `scaled` reduction) fitted on each episode's context xc (n, k, D), applied to xc and its
+    queries xq (n, q, D). Same centring, sign rule, epsilon and zeroed degenerate directions.
+    Returns (n, k, d), (n, q, d)."""
     import torch
     from .methods import RANK_RTOL
+    if reduction == "scaled":
+        unit = lambda t: t / torch.linalg.norm(t, dim=-1, keepdim=True).clamp_min(1e-30)
+        xc, xq = unit(xc), unit(xq)
     k = xc.shape[1]
     mean = xc.mean(1, keepdim=True)
     _, S, Vh = torch.linalg.svd(xc - mean, full_matrices=False)  # Vh (n, r, D), r = min(k, D)
@@ -330,6 +340,9 @@ def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: fl
     r = min(d, Vh.shape[1])
     comps, var_d, vmax = Vh[:, :r], var[:, :r], var[:, :1]
     informative = var_d > RANK_RTOL * vmax
+    if reduction == "scaled":  # one scale per episode: the mean variance over its informative directions
+        mean_var = (var_d * informative).sum(1, keepdim=True) / informative.sum(1, keepdim=True).clamp_min(1)
+        var_d = mean_var.expand_as(var_d)
     scale = torch.where(informative, 1.0 / torch.sqrt(var_d + eps * vmax), torch.zeros_like(var_d))
     zc = ((xc - mean) @ comps.transpose(1, 2)) * scale[:, None, :]
     zq = ((xq - mean) @ comps.transpose(1, 2)) * scale[:, None, :]
@@ -346,7 +359,7 @@ def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", devi
         x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q, n_context=k)
     else:
         x, y = sample_multiclass_episodes_torch(spec, n, n_classes, gen, device, points=k + q, n_context=k)
-    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d)
+    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d, reduction=spec.prior.reduction)
     yc, yq = y[:, :k], y[:, k:]
     if n_classes == 2 and spec.prior.paper_share > 0:  # drawn last: paper_share=0 sees the same batches as before
         zc, yc, zq, yq = _replay_paper_task(spec, zc, yc, zq, yq, gen)

@@ -37,7 +37,7 @@ def test_registry_lists_methods():
 
 
 def test_registry_describes_every_method_icl_included():
-    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "tart", "tart_ovr", "tart_pca8x2"]
+    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "lr_scaled", "tart", "tart_ovr", "tart_pca8x2"]
     assert known_methods(runs_on=TEXTS) == ["icl", "icl_calibrated", "setfit"]  # the peers: tests/test_setfit.py
     assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2"]
     icl = get_method("icl")
@@ -70,6 +70,42 @@ def test_whitening_is_white_on_context_and_fits_context_only():
     np.testing.assert_allclose(w.transform(np.vstack([Xc[:3], Xq]))[:3], Z[:3])
     # deterministic
     np.testing.assert_array_equal(fit_whitening(Xc, d=16).transform(Xq), w.transform(Xq))
+
+
+def test_scaled_reduction_keeps_the_spectrum_ignores_row_norms_and_has_a_probe(reasoner):
+    rng = np.random.default_rng(1)
+    Xc = rng.normal(size=(40, 64)) * np.linspace(5, 0.1, 64) + 3
+    Xq = rng.normal(size=(9, 64)) * np.linspace(5, 0.1, 64) + 3
+    w, white = fit_whitening(Xc, d=16, reduction="scaled"), fit_whitening(Xc, d=16)
+    Z = w.transform(Xc)
+    var = Z.var(0, ddof=1)
+    np.testing.assert_allclose(Z.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(var.mean(), 1.0, atol=1e-4)  # one scale (less eps): the mean coordinate variance is 1
+    assert np.all(np.diff(var) <= 1e-9) and var[0] > 2 * var[-1]  # the PCA spectrum survives, in order
+    np.testing.assert_allclose(var / var[0], w.variances / w.variances[0], rtol=1e-9)
+    # rows are L2-normalised first: rescaling an example does not move its features
+    np.testing.assert_allclose(w.transform(Xq * 7.5), w.transform(Xq), atol=1e-12)
+    np.testing.assert_allclose(fit_whitening(Xc * 3, d=16, reduction="scaled").transform(Xq), w.transform(Xq),
+                               atol=1e-9)
+    assert not np.allclose(np.abs(white.transform(Xq)), np.abs(w.transform(Xq)), atol=1e-3)
+    with pytest.raises(MethodError, match="reduction='pca': expected one of whiten, scaled"):
+        fit_whitening(Xc, d=16, reduction="pca")
+    # lr_scaled is lr_probe on these features; tart can be asked for them, and reads its reasoner's by default
+    y = (Xc[:, 0] > 3).astype(int)
+    np.testing.assert_array_equal(run_method("lr_scaled", Xc, y, Xq), run_method("lr_probe", Xc, y, Xq, reduction="scaled"))
+    assert not np.allclose(run_method("lr_scaled", Xc, y, Xq), run_method("lr_probe", Xc, y, Xq))
+    with pytest.raises(MethodError, match="fits reduction='scaled' by definition"):
+        run_method("lr_scaled", Xc, y, Xq, reduction="whiten")
+    assert reasoner.reduction == "whiten"
+    np.testing.assert_array_equal(run_method("tart", Xc, y, Xq, reasoner=reasoner),
+                                  run_method("tart", Xc, y, Xq, reasoner=reasoner, reduction="whiten"))
+    from pipeline.reasoner import Reasoner
+
+    scaled = Reasoner(reasoner.model, meta={"train_config": {"task": {"family": "embedding",
+                                                                       "prior": {"reduction": "scaled"}}}})
+    assert scaled.reduction == "scaled"
+    np.testing.assert_array_equal(run_method("tart", Xc, y, Xq, reasoner=scaled),
+                                  run_method("tart", Xc, y, Xq, reasoner=reasoner, reduction="scaled"))
 
 
 def test_whitening_degenerate_inputs_stay_finite():

@@ -45,6 +45,25 @@ def test_training_whitening_is_the_compositions_whitening(k, raw_dims):
         np.testing.assert_allclose(zq[i].numpy(), w.transform(x[i, k:].numpy()), atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [17, 40])
+def test_training_scaled_reduction_is_the_compositions(k):
+    spec = _spec(raw_dims=64, reduction="scaled")
+    g = torch.Generator().manual_seed(k)
+    x, _ = sample_embedding_episodes_torch(spec, 4, g, points=k + 9)
+    x = x.double() * 3.0 + 0.5  # off-centre and not unit rows: the reduction normalises them
+    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], 16, reduction="scaled")
+    for i in range(4):
+        w = fit_whitening(x[i, :k].numpy(), d=16, reduction="scaled")
+        np.testing.assert_allclose(zc[i].numpy(), w.transform(x[i, :k].numpy()), atol=1e-9)
+        np.testing.assert_allclose(zq[i].numpy(), w.transform(x[i, k:].numpy()), atol=1e-9)
+    # and the family's batches are reduced that way: mean coordinate variance 1, the spectrum kept
+    g = torch.Generator().manual_seed(0)
+    zc, _, _, _ = embedding_batch(spec, 8, k, g)
+    var = zc.double().var(1)
+    np.testing.assert_allclose(var.mean(1).numpy(), 1.0, atol=1e-4)
+    assert (var[:, 0] > 1.3 * var[:, -1]).all()
+
+
 def _lr_accuracy(spec: TaskSpec, seed: int) -> float:
     """Logistic regression fit on 200 points of each episode, scored on 200 more: how much of the
     episode's label is predictable from x."""
@@ -119,6 +138,7 @@ def test_gaussian_records_are_as_before_families_and_embedding_round_trips():
     (["task.family=embedding", "task.points=40", "task.prior.k_min=17"], "k_min=17"),
     (["task.family=embedding", "task.points=96", "task.prior.raw_dims=8"], "raw_dims=8"),
     (["task.family=embedding", "task.points=96", "task.prior.flip_max=0.5"], "flip_max=0.5"),
+    (["task.family=embedding", "task.points=96", "task.prior.reduction=pca"], "reduction='pca': expected one of"),
 ])
 def test_bad_family_configs_are_rejected_before_work(overrides, needle):
     with pytest.raises(ValueError) as e:
