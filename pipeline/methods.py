@@ -18,6 +18,7 @@ and return P(label = 1) for every query, shape (q,), behind one entry point,
     lr_probe  scikit-learn LogisticRegression on the same whitened d-dim features: the
               paper's "probe on the same features" baseline.
     lr_scaled lr_probe on the `scaled` reduction (below): the probe on reasoner v2's features.
+    tart_scaled  tart on the `scaled` reduction whatever its reasoner's (v1 on the spectrum).
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
 
@@ -552,6 +553,15 @@ def _tart_pca8x2(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = 
     if 2 * PAPER_DIMS > reasoner.d:
         raise MethodError(f"tart_pca8x2 gives {2 * PAPER_DIMS} inputs; this reasoner takes at most {reasoner.d}")
     return _tart(Xc, y, Xq, reasoner=_EachCoordinateTwice(reasoner), d=PAPER_DIMS, **opts)
+
+
+@register("tart_scaled", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
+def _tart_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """tart on the `scaled` reduction whatever reduction its reasoner was trained on: v1 reading the
+    variance spectrum that whitening discards (what the reduction alone is worth, no training)."""
+    if "reduction" in opts:
+        raise MethodError("method 'tart_scaled' fits reduction='scaled' by definition; use tart for another")
+    return _tart(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
 
 
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)

@@ -37,9 +37,9 @@ def test_registry_lists_methods():
 
 
 def test_registry_describes_every_method_icl_included():
-    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "lr_scaled", "tart", "tart_ovr", "tart_pca8x2"]
+    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "lr_scaled", "tart", "tart_ovr", "tart_pca8x2", "tart_scaled"]
     assert known_methods(runs_on=TEXTS) == ["icl", "icl_calibrated", "setfit"]  # the peers: tests/test_setfit.py
-    assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2"]
+    assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2", "tart_scaled"]
     icl = get_method("icl")
     assert icl.needs_causal and icl.protocol == "prompt" and icl.modalities == ("text",)
     assert icl.accepts("causal", "text") and icl.accepts(None, "text")  # an HF id may be a causal LM
@@ -104,6 +104,8 @@ def test_scaled_reduction_keeps_the_spectrum_ignores_row_norms_and_has_a_probe(r
     scaled = Reasoner(reasoner.model, meta={"train_config": {"task": {"family": "embedding",
                                                                        "prior": {"reduction": "scaled"}}}})
     assert scaled.reduction == "scaled"
+    np.testing.assert_array_equal(run_method("tart_scaled", Xc, y, Xq, reasoner=reasoner),
+                                  run_method("tart", Xc, y, Xq, reasoner=scaled))
     np.testing.assert_array_equal(run_method("tart", Xc, y, Xq, reasoner=scaled),
                                   run_method("tart", Xc, y, Xq, reasoner=reasoner, reduction="scaled"))
 
