@@ -9,7 +9,7 @@ from pipeline.grid import GridSpec, read_results  # noqa: E402
 
 t = read_results(load_config(GridSpec, "configs/grids/reasoner-dev.yaml", [f"name={sys.argv[1]}"]))
 t["pair"] = [json.loads(o).get("positive_class", "sci.space") for o in t["dataset_options"]]
-t["who"] = [m if m != "tart" else f"tart:{r.split('/')[-1]}" for m, r in zip(t["method"], t["reasoner"])]
+t["who"] = [m if not m.startswith("tart") else f"{m}:{r.split('/')[-1]}" for m, r in zip(t["method"], t["reasoner"])]
 piv = t.pivot_table(index=["pair", "k"], columns="who", values="accuracy", aggfunc="mean")
 print(piv.round(4).to_string())
 print("mean", piv.mean().round(4).to_dict())
