@@ -32,7 +32,7 @@ fitted classifier pickles without the backbone and reasoner weights (reloaded on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -64,10 +64,13 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
     allow_small_k: k <= d works with k-1 PCA directions (True) or is an error (False).
     multiclass: C > 2 classes: "auto" (native when the reasoner takes C classes, else one-vs-rest),
         "native" or "ovr".
+    reduction: how the context is reduced (`methods.REDUCTIONS`): None for the one the reasoner was
+        trained on (v1: "whiten", the paper's), or "scaled" (the `tart_scaled` method's).
     """
 
     def __init__(self, backbone: Any = "minilm-l6", reasoner: Any = None, d: int = 16, eps: float = DEFAULT_EPS,
-                 embed_batch_size: int = 16, allow_small_k: bool = True, multiclass: str = "auto"):
+                 embed_batch_size: int = 16, allow_small_k: bool = True, multiclass: str = "auto",
+                 reduction: Optional[str] = None):
         self.backbone = backbone
         self.reasoner = reasoner
         self.d = d
@@ -75,6 +78,7 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
         self.embed_batch_size = embed_batch_size
         self.allow_small_k = allow_small_k
         self.multiclass = multiclass
+        self.reduction = reduction
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -164,7 +168,7 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
         if E.shape[0] != len(y):
             raise MethodError(f"X has {E.shape[0]} examples but y has {len(y)} labels")
         self.whitening_ = fit_whitening(E, d=self.d, eps=self.eps, allow_small_k=self.allow_small_k,
-                                        reduction=reasoner.reduction)  # the features it was trained on
+                                        reduction=self.reduction or reasoner.reduction)
         self.classes_ = classes
         self.y_context_ = y_index.astype(np.int64)
         self.z_context_ = self.whitening_.transform(E).astype(np.float32)

@@ -17,7 +17,7 @@ and return P(label = 1) for every query, shape (q,), behind one entry point,
               all q queries in ONE batched call (`Reasoner.predict_proba`).
     lr_probe  scikit-learn LogisticRegression on the same whitened d-dim features: the
               paper's "probe on the same features" baseline.
-    lr_scaled lr_probe on the `scaled` reduction (below): the probe on reasoner v2's features.
+    lr_scaled lr_probe on the `scaled` reduction (below): the probe on tart_scaled's features.
     tart_scaled  tart on the `scaled` reduction whatever its reasoner's (v1 on the spectrum).
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
@@ -49,7 +49,7 @@ reasoner saw for inactive coordinates during its curriculum. The output always h
 columns. TART needs k > d points to fit d directions: k <= d raises `MethodError`
 unless `allow_small_k=True` (then only k-1 directions carry data, the rest are 0).
 
-The reduction `scaled` (`fit_whitening(..., reduction="scaled")`, what reasoner v2 reads) keeps
+The reduction `scaled` (`fit_whitening(..., reduction="scaled")`, what tart_scaled reads) keeps
 what whitening throws away: rows are L2-normalised, projected on the same top-d context
 directions, and every coordinate is divided by ONE scale, the root of the mean context variance
 over the d directions, so the context's mean coordinate variance is 1 and the variance spectrum
@@ -401,7 +401,8 @@ def run_method(name: str, Xc: Any, yc: Any, Xq: Any, reasoner: Any = None, one_c
     P(label=c) for each query and class (q, C), rows summing to 1. `opts` go to the method.
 
     tart: d (default reasoner.d), eps, allow_small_k, reduction (default the reasoner's).
-    lr_probe: d, eps, allow_small_k, C, max_iter, reduction (default whiten). lr_full: C, max_iter. `reasoner` is required by tart (see `load_reasoner`).
+    lr_probe: d, eps, allow_small_k, C, max_iter, reduction (default whiten). lr_full: C, max_iter.
+    `reasoner` is required by tart (see `load_reasoner`).
     Multi-class: tart composes the binary reasoner one-vs-rest (the C episodes in one batched
     call, normalised); the LR probes are multinomial.
     """
@@ -579,7 +580,8 @@ def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = Non
 
 @register("lr_scaled", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    """lr_probe on the `scaled` reduction: the probe on the same features a scaled reasoner (v2) reads."""
+    """lr_probe on the `scaled` reduction: the probe on the features tart_scaled (or a reasoner trained
+    on scaled episodes) reads."""
     if "reduction" in opts:
         raise MethodError("method 'lr_scaled' fits reduction='scaled' by definition; use lr_probe for another")
     return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)

@@ -92,6 +92,14 @@ def test_arbitrary_label_values_and_order(reasoner):
 
     c = clone(TartClassifier(backbone=None, d=8))
     assert c.get_params()["d"] == 8
+    # the reduction: the reasoner's (v1: whiten) unless asked; "scaled" is the tart_scaled method's
+    from pipeline.methods import run_method
+
+    assert not TartClassifier(backbone=None, reasoner=reasoner).fit(Xc, y01[:40]).whitening_.normalize
+    scaled = TartClassifier(backbone=None, reasoner=reasoner, reduction="scaled").fit(Xc, y01[:40])
+    assert scaled.whitening_.normalize and clone(scaled).get_params()["reduction"] == "scaled"
+    np.testing.assert_allclose(scaled.predict_proba(Xq)[:, 1], run_method("tart_scaled", Xc, y01[:40], Xq, reasoner=reasoner),
+                               atol=1e-5)
 
 
 def test_classifier_bad_inputs(reasoner):
