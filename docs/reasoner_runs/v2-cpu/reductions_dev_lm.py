@@ -1,0 +1,73 @@
+"""The reduction question on a causal LM, on dev data (issue 15): newsgroups pairs of the dev grid
+embedded with SmolLM2-135M (stream protocol, each post cut at 128 tokens so it fits this CPU), balanced
+pools of 256 and test sets of 200, k = 18 / 32 / 64, seeds 0-4, contexts drawn as the grid draws them.
+Compares v1 through the paper's whitening, the scaled reduction and a partial whitening (each
+coordinate divided by its variance^(1/4), then one global scale), next to the LR probes, and the
+probes on 32 PCA dims (k=18 keeps its 17 informative directions), where a wider reasoner could gain.
+
+    python docs/reasoner_runs/v2-cpu/reductions_dev_lm.py [backbone]      (default smollm2-135m)
+
+OUT=file.json keeps the table."""
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, ".")
+from pipeline.backbones import load_backbone  # noqa: E402
+from pipeline.datasets import context_sets, load_examples  # noqa: E402
+from pipeline.methods import fit_whitening, run_method  # noqa: E402
+from pipeline.reasoner import load_reasoner  # noqa: E402
+
+BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
+PAIRS = [("sci.space", "sci.med"), ("rec.motorcycles", "rec.autos"), ("comp.windows.x", "comp.graphics"),
+         ("talk.politics.guns", "talk.politics.misc")]
+KS, SEEDS = (18, 32, 64), range(5)
+reasoner = load_reasoner("v1")
+backbone = load_backbone(BACKBONE, max_length=128)
+
+
+def partial(Xc, yc, Xq):
+    """v1 on the scaled features with each coordinate divided by its context variance^(1/4) (its
+    variance becomes the square root of the scaled one), then one scale to a mean variance of 1."""
+    w = fit_whitening(Xc, d=16, reduction="scaled")
+    Zc, Zq = w.transform(Xc), w.transform(Xq)
+    v = Zc.var(0, ddof=1)
+    f = np.where(v > 0, v ** 0.25, 1.0)
+    Zc, Zq = Zc / f, Zq / f
+    g = np.sqrt(Zc.var(0, ddof=1).mean())
+    return reasoner.predict_proba((Zc / g)[None].astype(np.float32), yc[None], (Zq / g)[None].astype(np.float32))[0]
+
+
+rows = defaultdict(list)
+for pos, neg in PAIRS:
+    opts = dict(positive_class=pos, negative_class=neg)
+    pool = load_examples("newsgroups", "train", train_size=256, **opts)
+    test = load_examples("newsgroups", "test", test_size=200, **opts)
+    Ep, Et = backbone.embed(pool.inputs).astype(np.float64), backbone.embed(test.inputs).astype(np.float64)
+    for seed in SEEDS:
+        sets = context_sets(pool.labels, KS, seed)
+        for k in KS:
+            idx = sets[k]
+            Xc, yc, Xq, yq = Ep[idx], pool.labels[idx], Et, test.labels
+            p = {"lr_probe": run_method("lr_probe", Xc, yc, Xq), "lr_scaled": run_method("lr_scaled", Xc, yc, Xq),
+                 "lr_full": run_method("lr_full", Xc, yc, Xq),
+                 "tart (whiten)": run_method("tart", Xc, yc, Xq, reasoner=reasoner),
+                 "tart (scaled)": run_method("tart_scaled", Xc, yc, Xq, reasoner=reasoner),
+                 "tart (partial)": partial(Xc, yc, Xq),
+                 # where a wider reasoner could gain: the probes on 32 PCA dims
+                 "lr_probe d=32": run_method("lr_probe", Xc, yc, Xq, d=32, allow_small_k=True),
+                 "lr_scaled d=32": run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)}
+            rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yq).mean()) for m, q in p.items()})
+    print(pos, "done", flush=True)
+cols = list(next(iter(rows.values()))[0])
+table = {n: {m: float(np.mean([a[m] for a in accs])) for m in cols} for n, accs in rows.items()}
+print(f"{BACKBONE}\n| row | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+for n, mean in table.items():
+    print(f"| {n} | " + " | ".join(f"{mean[m]:.3f}" for m in cols) + " |")
+print("| mean | " + " | ".join(f"{np.mean([t[m] for t in table.values()]):.4f}" for m in cols) + " |")
+if os.environ.get("OUT"):
+    Path(os.environ["OUT"]).write_text(json.dumps(table, indent=1) + "\n")
