@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .synthetic import trained_task
+
 SIZES = {
     # name: (n_layer, n_head, n_embd)
     "tiny": (3, 2, 64),
@@ -297,8 +299,8 @@ class Reasoner:
         """How the composition reduces embeddings for this reasoner: the reduction its training episodes
         recorded (`task.prior.reduction` of the embedding family; `methods.REDUCTIONS`), else the
         paper's whitening (v1, and every reasoner trained before reductions existed)."""
-        task = (self.meta.get("train_config") or {}).get("task") or {}
-        return (task.get("prior") or {}).get("reduction", "whiten") if task.get("family") == "embedding" else "whiten"
+        task = trained_task(self.meta)
+        return task.prior.reduction if task is not None else "whiten"
 
     @property
     def classes(self) -> int:

@@ -131,6 +131,13 @@ def task_from_record(rec: dict) -> TaskSpec:
     return TaskSpec(**rec, prior=prior)
 
 
+def trained_task(meta: dict) -> "TaskSpec | None":
+    """The embedding-family task a reasoner was trained on, from its checkpoint config (`meta`):
+    None for a reasoner not trained on the family (v1)."""
+    rec = (meta.get("train_config") or {}).get("task") or {}
+    return task_from_record(rec) if rec.get("family") == "embedding" else None
+
+
 @dataclass
 class Episodes:
     """A batch of episodes: w (n, d), x (n, points, d), u (n, points), scale (n,)."""

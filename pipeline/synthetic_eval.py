@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import ConfigError, defaults_epilog, load_config, stage_parser
 from .reasoner import Reasoner, ReasonerError, load_reasoner, read_checkpoint_config, shipped_dir
-from .synthetic import TaskSpec, sample_episodes_np, task_from_record
+from .synthetic import TaskSpec, sample_episodes_np, trained_task
 
 
 def evaluate(
@@ -158,10 +158,9 @@ def recorded_task(meta: dict) -> Optional[TaskSpec]:
     """The embedding-family task a reasoner was trained on, from its checkpoint config (`meta`), with
     the paper-task replay off (the replay is a training device; the v1 task is scored on its own):
     None for a reasoner not trained on the family (v1)."""
-    rec = (meta.get("train_config") or {}).get("task") or {}
-    if rec.get("family") != "embedding":
+    task = trained_task(meta)
+    if task is None:
         return None
-    task = task_from_record(rec)
     return dataclasses.replace(task, prior=dataclasses.replace(task.prior, paper_share=0.0))
 
 
