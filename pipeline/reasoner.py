@@ -177,6 +177,17 @@ class ReasonerModel(nn.Module):
         return self.forward_tokens(tokens, positions, mask)[:, 2 * k :]
 
 
+def widen_inputs(state: dict, d: int) -> dict:
+    """A reasoner's weights taking d inputs instead of its own (fewer): the read-in's new columns are
+    zero, so the widened reasoner answers exactly as the original on inputs whose extra coordinates
+    are anything (it ignores them until fine-tuning teaches it to read them). Net2Net-style growth
+    for training a d=32 reasoner from v1 instead of from scratch."""
+    w = state["read_in.weight"]
+    if d < w.shape[1]:
+        raise ReasonerError(f"widen_inputs to d={d}: the reasoner already takes {w.shape[1]} inputs")
+    return {**state, "read_in.weight": torch.cat([w, w.new_zeros(w.shape[0], d - w.shape[1])], 1)}
+
+
 def save_checkpoint(model: ReasonerModel, directory: str | os.PathLike, extra: dict | None = None) -> None:
     """Write model.safetensors + config.json atomically (temp names, then rename)."""
     from safetensors.torch import save_file

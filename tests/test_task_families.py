@@ -10,6 +10,7 @@ fine-tune from v1 starts from v1's weights and records its family in the checkpo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch
 from pipeline.config import ConfigError, load_config
 from pipeline.generate import GenerateConfig
 from pipeline.methods import fit_whitening
-from pipeline.reasoner import ReasonerError, load_reasoner, shipped_dir
+from pipeline.reasoner import ReasonerError, ReasonerModel, load_reasoner, shipped_dir, widen_inputs
 from pipeline.synthetic import (EmbeddingPrior, TaskSpec, context_size, embedding_batch,
                                 sample_embedding_episodes_torch, task_from_record, task_record,
                                 whiten_context_torch)
@@ -183,6 +184,33 @@ def test_init_from_a_reasoner_of_another_shape_is_refused(tmp_path):
                                           "init_from=v1", "steps=1", "batch_size=2"])
     with pytest.raises(ConfigError, match="does not match"):
         train_local(cfg, str(tmp_path / "run"))
+
+
+def test_a_wider_reasoner_from_v1_answers_as_v1_until_trained(tmp_path):
+    """init_from v1 with model.d=32: the 16 new input columns start at zero, so the widened reasoner
+    ignores coordinates 17-32 and answers exactly as v1; training then moves them (here 1 step)."""
+    v1 = load_reasoner("v1")
+    wide = ReasonerModel(replace(v1.model.cfg, d=32))
+    wide.load_state_dict(widen_inputs(v1.model.state_dict(), 32), strict=True)
+    g = torch.Generator().manual_seed(0)
+    xc, xq = torch.randn(3, 20, 16, generator=g), torch.randn(3, 7, 16, generator=g)
+    yc = (torch.rand(3, 20, generator=g) > 0.5).long()
+    extra = lambda t: torch.cat([t, 5 * torch.randn(*t.shape[:2], 16, generator=g)], -1)  # anything there
+    with torch.no_grad():
+        assert torch.allclose(v1.model.query_logits(xc, yc, xq), wide.query_logits(extra(xc), yc, extra(xq)), atol=1e-5)
+    with pytest.raises(ReasonerError, match="already takes 32 inputs"):
+        widen_inputs(wide.state_dict(), 16)
+
+    cfg = load_config(TrainConfig, None, ["size=medium", "model.d=32", "task.d=32", "task.family=embedding",
+                                          "task.points=50", "task.prior.queries=8", "task.prior.raw_dims=48",
+                                          "task.prior.reduction=scaled", "init_from=v1", "steps=1", "batch_size=2",
+                                          "warmup_steps=1", "eval_every=1", "eval_ks=[18]", "eval_episodes=2",
+                                          "checkpoint_every=1", "log_every=1"])
+    train_local(cfg, str(tmp_path / "run"))
+    tuned = load_reasoner(sorted((tmp_path / "run").glob("checkpoint_*"))[-1])
+    assert tuned.d == 32 and tuned.reduction == "scaled"
+    grown = tuned.model.state_dict()["read_in.weight"]
+    assert grown.shape[1] == 32 and grown[:, 16:].abs().max() > 0  # the new columns were trained
 
 
 def test_shipped_reasoners_by_name():

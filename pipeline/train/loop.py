@@ -127,13 +127,16 @@ def _build(cfg: TrainConfig, ctx: LoopContext):
         if ctx.rank == 0:
             print(f"[train] resuming from checkpoint at step {start_step} ({ctx.restore_dir})", flush=True)
     elif cfg.init_from:  # fine-tuning: the weights of another reasoner, a fresh optimizer
-        from ..reasoner import load_model, shipped_dir
+        from ..reasoner import load_model, shipped_dir, widen_inputs
         init = load_model(shipped_dir(cfg.init_from), device=str(ctx.device))
         state = init.state_dict()
         if init.cfg.classes != model.cfg.classes:  # binary -> multi-class: every weight but the read-out
             state.update({k: v for k, v in model.state_dict().items() if k.startswith("read_out.")})
-        if replace(init.cfg, classes=model.cfg.classes) != model.cfg:
-            raise ConfigError(f"init_from={cfg.init_from!r}: its reasoner {init.cfg} does not match model={model.cfg}")
+        if replace(init.cfg, classes=model.cfg.classes, d=model.cfg.d) != model.cfg or init.cfg.d > model.cfg.d:
+            raise ConfigError(f"init_from={cfg.init_from!r}: its reasoner {init.cfg} does not match model={model.cfg} "
+                              f"(only classes may differ, and d may grow)")
+        if init.cfg.d < model.cfg.d:  # more input dims: the new ones start read as nothing (widen_inputs)
+            state = widen_inputs(state, model.cfg.d)
         model.load_state_dict(state, strict=True)
         if ctx.rank == 0:
             print(f"[train] starting from the weights of {cfg.init_from}", flush=True)

@@ -7,7 +7,8 @@ probes on 32 PCA dims (k=18 keeps its 17 informative directions), where a wider 
 
     python docs/reasoner_runs/v2-cpu/reductions_dev_lm.py [backbone]      (default smollm2-135m)
 
-OUT=file.json keeps the table."""
+OUT=file.json keeps the table; WIDE=checkpoint adds that reasoner (e.g. run K's d=32 one) through the
+reduction it was trained on, k=18 keeping its 17 informative directions as the d=32 probes do."""
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ PAIRS = [("sci.space", "sci.med"), ("rec.motorcycles", "rec.autos"), ("comp.wind
          ("talk.politics.guns", "talk.politics.misc")]
 KS, SEEDS = (18, 32, 64), range(5)
 reasoner = load_reasoner("v1")
+wide = load_reasoner(os.environ["WIDE"]) if os.environ.get("WIDE") else None
 backbone = load_backbone(BACKBONE, max_length=128)
 
 
@@ -61,6 +63,8 @@ for pos, neg in PAIRS:
                  # where a wider reasoner could gain: the probes on 32 PCA dims
                  "lr_probe d=32": run_method("lr_probe", Xc, yc, Xq, d=32, allow_small_k=True),
                  "lr_scaled d=32": run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)}
+            if wide is not None:
+                p[f"tart d={wide.d} ({wide.reduction})"] = run_method("tart", Xc, yc, Xq, reasoner=wide, allow_small_k=True)
             rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yq).mean()) for m, q in p.items()})
     print(pos, "done", flush=True)
 cols = list(next(iter(rows.values()))[0])
