@@ -71,6 +71,7 @@ def load_encoder(backbone: str, device: Optional[str] = None) -> Any:
     if kind != "encoder":
         raise SetFitError(f"setfit fine-tunes a text encoder; backbone {backbone!r} is a {kind} model")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _quiet()
     return SentenceTransformer(str(resolve(backbone).location), device=device)
 
 
@@ -81,6 +82,7 @@ def _quiet() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" when the encoder is read
     for name in ("setfit", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -92,7 +94,7 @@ def fit_predict(encoder: Any, texts: Sequence[str], labels: Sequence[int], queri
     (a copy is fine-tuned)."""
     from setfit import SetFitModel, Trainer, TrainingArguments
     from sklearn.linear_model import LogisticRegression
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     y = np.asarray(labels, dtype=np.int64)
     if len(texts) != len(y) or len(y) == 0:
@@ -111,8 +113,14 @@ def fit_predict(encoder: Any, texts: Sequence[str], labels: Sequence[int], queri
             args = TrainingArguments(output_dir=tmp, batch_size=config.batch_size, num_epochs=config.num_epochs,
                                      num_iterations=config.num_iterations, body_learning_rate=config.body_learning_rate,
                                      warmup_proportion=config.warmup_proportion, seed=seed, report_to="none",
-                                     save_strategy="no", logging_strategy="no", show_progress_bar=False)
+                                     save_strategy="no", logging_strategy="no", logging_first_step=False,
+                                     show_progress_bar=False)
             trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": x, "label": y.tolist()}))
+            # Without progress bars transformers prints every log dict (the end-of-training runtime
+            # summary too) through its PrinterCallback; Ray forwards those to the driver's console.
+            trainer.remove_callback(PrinterCallback)
+            if str(getattr(encoder, "device", "cpu")) == "cpu":
+                trainer.st_trainer.args.dataloader_pin_memory = False  # pinning needs an accelerator
             trainer.train()  # the contrastive phase on the copy, then the head on its embeddings
     else:
         model.fit(x, y.tolist(), num_epochs=1, show_progress_bar=False)  # the head only (a sklearn head: no body step)

@@ -113,13 +113,19 @@ def test_setfit_beats_its_untuned_encoder_with_the_same_head(encoder):
 
 
 @pytest.mark.slow  # four short fine-tunings
-def test_setfit_is_deterministic_per_seed_and_takes_several_classes(encoder):
+def test_setfit_is_deterministic_per_seed_and_takes_several_classes(encoder, capfd):
     from pipeline.setfit_baseline import SetFitConfig, SetFitError, fit_predict
 
     X, y = frame_task(8, seed=3)
     Q, _ = frame_task(12, seed=4)
     cfg = SetFitConfig(num_iterations=3)  # 48 pairs, 3 steps (the first is warm-up at learning rate 0)
+    capfd.readouterr()
     a = fit_predict(encoder, X, y, Q, seed=0, config=cfg)
+    out, err = capfd.readouterr()
+    # a fine-tune prints nothing (in a grid, Ray forwards a worker's prints to the driver's console):
+    # no transformers log dicts ({'train_runtime': ...}), no pin_memory warning, no progress bars
+    assert "train_runtime" not in out + err and "embedding_loss" not in out + err, out + err
+    assert "pin_memory" not in err and "it/s" not in err, err
     b = fit_predict(encoder, X, y, Q, seed=0, config=cfg)
     c = fit_predict(encoder, X, y, Q, seed=1, config=cfg)
     np.testing.assert_array_equal(a, b)
