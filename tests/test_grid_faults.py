@@ -271,3 +271,39 @@ def test_series_runs_that_partly_overlap_are_resolved_to_each_cell_once_even_by_
     runs = [r for r in _mlflow_cell_runs(uri, spec.name) if r.info.status == "FINISHED"]
     ids = [cid for r in runs for cid in decode_cells(r.data.tags.get(TAG_CELLS))]
     assert sorted(ids) == sorted(r["cell_id"] for r in rows.values()), ids
+
+
+def test_a_live_drivers_in_flight_series_run_is_never_deleted_by_another_drivers_dedupe(
+        tmp_path, emb_cache, mlflow_sqlite):
+    """The interleaving that once lost a cell from MLflow (two drivers at once, 1 run in ~20):
+    driver A has created its series run (earlier start) and not yet terminated it; driver B's run of
+    the same cells is FINISHED. If B's dedupe deleted A's unfinished run as a leftover while A's
+    dedupe, seeing both FINISHED, deleted B's (the later one), no run would hold the cells. Here
+    B's dedupe must leave A's run alone; once A's run finishes, A's dedupe keeps it and removes B's."""
+    from mlflow.entities import RunStatus
+
+    from pipeline.grid.mlflow_view import PARENT_RUN_ID, MlflowView
+    from pipeline.tracking import KIND_CELL, TAG_GRID, TAG_KIND, encode_cells
+
+    uri = mlflow_sqlite(tmp_path / "mlflow.db")
+    over = [o for o in _overrides(tmp_path, emb_cache, uri, name="inflight") if not o.startswith("ks=")]
+    spec = _spec([*over, "ks=[18,32]", "seeds=[0]", "methods=[lr_probe]"])
+    run_grid(spec)
+    rows = sorted(read_results(spec).to_dict("records"), key=lambda r: r["k"])
+    cells = {r["cell_id"] for r in rows}
+    a, b = MlflowView(spec, "a"), MlflowView(spec, "b")
+    for r in _mlflow_cell_runs(uri, spec.name):  # start from no series run at all
+        a.client.delete_run(r.info.run_id)  # both launches RUNNING, their drivers (this pid) alive
+    tags = {PARENT_RUN_ID: a.parent_id, TAG_GRID: spec.name, TAG_KIND: KIND_CELL,
+            TAG_CELLS: encode_cells((r["k"], r["cell_id"]) for r in rows)}
+    in_flight = a.client.create_run(a.exp_id, run_name="a-in-flight", tags=tags).info.run_id
+    time.sleep(0.01)  # B's run starts later
+    b.logged = set()
+    b._log_segment(rows)
+    b.dedupe()
+    assert a.client.get_run(in_flight).info.lifecycle_stage == "active", "B deleted A's in-flight run"
+    a.client.set_terminated(in_flight, RunStatus.to_string(RunStatus.FINISHED))
+    a.dedupe()
+    finished = [r for r in _mlflow_cell_runs(uri, spec.name) if r.info.status == "FINISHED"]
+    assert [r.info.run_id for r in finished] == [in_flight]
+    assert set(decode_cells(finished[0].data.tags[TAG_CELLS])) == cells

@@ -80,6 +80,8 @@ def _pid_alive(pid: int) -> bool:
 # a series is a cell's fields but k (the dtype too: another dtype is another series)
 SERIES_FIELDS = tuple(f.name for f in dataclasses.fields(Cell) if f.name != "k")
 SEGMENT_MAX_CELLS = 50  # log_batch takes 1,000 metrics a call: 2 x len(CELL_METRICS) per cell
+STALE_RUN_S = 900  # a series run takes seconds to log: one unfinished for longer is a leftover (of a driver elsewhere)
+PARENT_RUN_ID = "mlflow.parentRunId"
 LOG_THREADS = 8  # concurrent series logs (a server serves them in parallel; sqlite serialises them)
 
 
@@ -106,7 +108,9 @@ class MlflowView:
     the FINISHED runs from the earliest (start time, then run id: every driver picks the same
     order), keeps a run whose cells no earlier run holds, deletes one whose cells all are, and
     replaces one that holds some by a run of the rest; unfinished runs of cells held elsewhere
-    (leftovers of killed drivers) are deleted. If the server fails mid-grid the view goes
+    are deleted once they are provably leftovers: their launch ended, its driver's pid is gone
+    from this host, or they are older than STALE_RUN_S (a live driver's in-flight run is never
+    deleted: see `_dedupe_pass`). If the server fails mid-grid the view goes
     `down`: the grid goes on (the results table is the source of truth) and no further call
     waits on a dead server.
     """
@@ -265,7 +269,7 @@ class MlflowView:
 
         first = rows[0]
         rows = sorted(rows, key=lambda r: int(r["k"]))
-        tags = {"mlflow.parentRunId": self.parent_id, TAG_GRID: self.spec.name, TAG_KIND: KIND_CELL,
+        tags = {PARENT_RUN_ID: self.parent_id, TAG_GRID: self.spec.name, TAG_KIND: KIND_CELL,
                 TAG_SERIES: series_id(first), TAG_CELLS: encode_cells((r["k"], r["cell_id"]) for r in rows),
                 TAG_GIT_SHA: self.git_sha, TAG_CODE_VERSION: first["code_version"], TAG_DATASET: first["dataset"],
                 **self.source}
@@ -334,8 +338,14 @@ class MlflowView:
             doomed.append(r)
             relog |= cells - held
             held |= cells - held
+        # an unfinished run is a leftover only if no live driver may still finish it: deleting a
+        # concurrent driver's in-flight run while that driver (seeing it FINISHED, ours later) deletes
+        # ours would lose the cell from MLflow
+        abandoned = self._abandoned_launches()
         doomed += [r for r in runs if r.info.status != "FINISHED"
-                   and set(decode_cells(r.data.tags.get(TAG_CELLS))) <= held]
+                   and set(decode_cells(r.data.tags.get(TAG_CELLS))) <= held
+                   and (r.data.tags.get(PARENT_RUN_ID) in abandoned
+                        or r.info.start_time < time.time() * 1000 - STALE_RUN_S * 1000)]
         deleted = 0
         for r in doomed:
             try:
@@ -351,6 +361,18 @@ class MlflowView:
             for rs in _by_series(rows):
                 self._log_segment(rs)
         return deleted, bool(relog)
+
+    def _abandoned_launches(self) -> set[str]:
+        """Launch runs whose driver can no longer finish a series run: this launch (deduping
+        only after its own logs are done), launches that ended, and RUNNING ones whose driver
+        pid is gone from this host."""
+        out = {self.parent_id}
+        for r in self._runs(KIND_LAUNCH, max_results=5000):
+            host, pid = r.data.tags.get(TAG_HOST), r.data.tags.get(TAG_PID)
+            if r.info.status != "RUNNING" or (host == socket.gethostname() and pid and pid.isdigit()
+                                              and not _pid_alive(int(pid))):
+                out.add(r.info.run_id)
+        return out
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
         self.flush()
