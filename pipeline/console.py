@@ -119,6 +119,13 @@ def setup(verbose: bool = False, log_file: str | os.PathLike | None = None, stre
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         # read when Ray's logging module is first imported: set here, before any stage imports ray
         os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", BENIGN_FORWARDED)
+        # MLflow's client prints two "View run ... at" lines per run it ends on a server: one pair
+        # per series run of a grid. The grid names its parent run and the UI command at the end.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # plain tqdm bars the libraries draw with no off switch of their own (transformers' GGUF
+        # conversion: "Converting and de-quantizing GGUF tensors"), which redirected output turns
+        # into one endless carriage-return line; the stage's own progress line says the same
+        os.environ.setdefault("TQDM_DISABLE", "1")
     route_third_party()
     if not verbose and sys.stderr.isatty():
         _filter_native_stderr()

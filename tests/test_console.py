@@ -20,6 +20,8 @@ pytestmark = pytest.mark.timeout(300)
 def _run(code: str, *args: str, tty: bool = False) -> subprocess.CompletedProcess:
     """Run `code`; stdout/stderr as text, with carriage returns kept (they are what a terminal redraws)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")
+    for k in ("TQDM_DISABLE", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):  # as a user's shell has them: unset
+        env.pop(k, None)
     cmd = [sys.executable, "-c", textwrap.dedent(code), *args]
     if tty:  # a real pseudo-terminal, as a person's shell gives
         cmd = ["script", "-qec", " ".join(f"'{c}'" for c in cmd), "/dev/null"]
@@ -135,3 +137,25 @@ def test_benign_lines_ray_forwards_from_its_actors_are_skipped_unless_verbose():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+LIBRARY_BARS = """
+import sys
+from pipeline import console
+console.setup(verbose=sys.argv[1] == "1")
+from tqdm.auto import tqdm  # what transformers' GGUF conversion draws, with no switch of its own
+for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+    pass
+import os
+print("mlflow urls suppressed:", os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"))
+"""
+
+
+def test_library_progress_bars_and_mlflow_run_urls_stay_off_the_console_unless_verbose():
+    quiet = _run(LIBRARY_BARS, "0")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "de-quantizing" not in quiet.stdout + quiet.stderr
+    assert "mlflow urls suppressed: true" in quiet.stdout
+    loud = _run(LIBRARY_BARS, "1")
+    assert "de-quantizing" in loud.stdout + loud.stderr
+    assert "mlflow urls suppressed: None" in loud.stdout
