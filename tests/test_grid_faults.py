@@ -293,9 +293,9 @@ def test_a_live_drivers_in_flight_series_run_is_never_deleted_by_another_drivers
     run_grid(spec)
     rows = sorted(read_results(spec).to_dict("records"), key=lambda r: r["k"])
     cells = {r["cell_id"] for r in rows}
-    a, b = MlflowView(spec, "a"), MlflowView(spec, "b")
+    a, b = MlflowView(spec, "a"), MlflowView(spec, "b")  # both launches RUNNING, their drivers (this pid) alive
     for r in _mlflow_cell_runs(uri, spec.name):  # start from no series run at all
-        a.client.delete_run(r.info.run_id)  # both launches RUNNING, their drivers (this pid) alive
+        a.client.delete_run(r.info.run_id)
     tags = {PARENT_RUN_ID: a.parent_id, TAG_GRID: spec.name, TAG_KIND: KIND_CELL,
             TAG_CELLS: encode_cells((r["k"], r["cell_id"]) for r in rows)}
     in_flight = a.client.create_run(a.exp_id, run_name="a-in-flight", tags=tags).info.run_id

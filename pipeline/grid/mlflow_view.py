@@ -67,6 +67,12 @@ def dataset_input(dataset: str, options: str):
                         tags=[InputTag("mlflow.data.context", "evaluation")])
 
 
+def _driver_gone(launch_run) -> bool:
+    """Is the driver of this launch run provably dead (its host is this one and its pid is gone)?"""
+    host, pid = launch_run.data.tags.get(TAG_HOST), launch_run.data.tags.get(TAG_PID)
+    return host == socket.gethostname() and bool(pid) and pid.isdigit() and not _pid_alive(int(pid))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -174,8 +180,7 @@ class MlflowView:
     def _close_dead_launches(self) -> None:
         """Mark parent runs of drivers that died on this host (pid gone) as KILLED."""
         for r in self._runs(KIND_LAUNCH, " and attributes.status = 'RUNNING'", max_results=1000):
-            host, pid = r.data.tags.get(TAG_HOST), r.data.tags.get(TAG_PID)
-            if host == socket.gethostname() and pid and pid.isdigit() and not _pid_alive(int(pid)):
+            if _driver_gone(r):
                 self.client.set_terminated(r.info.run_id, status="KILLED")
 
     # ------------------------------------------------------------------ logging
@@ -341,11 +346,13 @@ class MlflowView:
         # an unfinished run is a leftover only if no live driver may still finish it: deleting a
         # concurrent driver's in-flight run while that driver (seeing it FINISHED, ours later) deletes
         # ours would lose the cell from MLflow
-        abandoned = self._abandoned_launches()
-        doomed += [r for r in runs if r.info.status != "FINISHED"
-                   and set(decode_cells(r.data.tags.get(TAG_CELLS))) <= held
-                   and (r.data.tags.get(PARENT_RUN_ID) in abandoned
-                        or r.info.start_time < time.time() * 1000 - STALE_RUN_S * 1000)]
+        unfinished = [r for r in runs if r.info.status != "FINISHED"
+                      and set(decode_cells(r.data.tags.get(TAG_CELLS))) <= held]
+        if unfinished:  # the launches are looked up only then: most passes have none
+            abandoned = self._abandoned_launches()
+            stale_ms = time.time() * 1000 - STALE_RUN_S * 1000
+            doomed += [r for r in unfinished
+                       if r.data.tags.get(PARENT_RUN_ID) in abandoned or r.info.start_time < stale_ms]
         deleted = 0
         for r in doomed:
             try:
@@ -366,13 +373,8 @@ class MlflowView:
         """Launch runs whose driver can no longer finish a series run: this launch (deduping
         only after its own logs are done), launches that ended, and RUNNING ones whose driver
         pid is gone from this host."""
-        out = {self.parent_id}
-        for r in self._runs(KIND_LAUNCH, max_results=5000):
-            host, pid = r.data.tags.get(TAG_HOST), r.data.tags.get(TAG_PID)
-            if r.info.status != "RUNNING" or (host == socket.gethostname() and pid and pid.isdigit()
-                                              and not _pid_alive(int(pid))):
-                out.add(r.info.run_id)
-        return out
+        return {self.parent_id} | {r.info.run_id for r in self._runs(KIND_LAUNCH, max_results=5000)
+                                   if r.info.status != "RUNNING" or _driver_gone(r)}
 
     def finish(self, summary: dict, status: str = "FINISHED") -> None:
         self.flush()
