@@ -146,7 +146,7 @@ def test_setfit_grid_on_ray_records_rows_and_a_marked_compare_table(tmp_path, ra
     from pipeline.grid import read_results, run_grid
 
     mlflow_sqlite(tmp_path / "mlflow.db")
-    spec = _spec(tmp_path, methods="[setfit,lr_full]", backbones="[minilm-l6]", seeds="[0]", executor="ray")
+    spec = _spec(tmp_path, methods="[setfit,lr_full]", backbones="[minilm-l6]", seeds="[0]", ks="[8]", executor="ray")
     s = run_grid(spec)
     assert s["cells_run"] == 2 and s["cells_failed"] == 0 and s["mlflow_unlogged"] == 0
     df = read_results(spec)
