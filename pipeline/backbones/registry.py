@@ -45,7 +45,8 @@ def gguf_parsed_once() -> Iterator[None]:
         shared_by_tart = True
 
         def __new__(cls, path, mode="r"):
-            return readers.get((os.path.realpath(str(path)), mode)) or super().__new__(cls)
+            shared = readers.get((os.path.realpath(str(path)), mode))
+            return shared if shared is not None else super().__new__(cls)
 
         def __init__(self, path, mode="r"):
             key = (os.path.realpath(str(path)), mode)
