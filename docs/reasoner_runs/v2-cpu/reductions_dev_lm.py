@@ -9,24 +9,21 @@ probes on 32 PCA dims (k=18 keeps its 17 informative directions), where a wider 
 
 OUT=file.json keeps the table; WIDE=checkpoint adds that reasoner (e.g. run K's d=32 one) through the
 reduction it was trained on, k=18 keeping its 17 informative directions as the d=32 probes do."""
-import json
 import os
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, ".")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dev_common import KS, PAIRS, SEEDS, report  # noqa: E402
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.datasets import context_sets, load_examples  # noqa: E402
 from pipeline.methods import fit_whitening, run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
 
 BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
-PAIRS = [("sci.space", "sci.med"), ("rec.motorcycles", "rec.autos"), ("comp.windows.x", "comp.graphics"),
-         ("talk.politics.guns", "talk.politics.misc")]
-KS, SEEDS = (18, 32, 64), range(5)
 reasoner = load_reasoner("v1")
 wide = load_reasoner(os.environ["WIDE"]) if os.environ.get("WIDE") else None
 backbone = load_backbone(BACKBONE, max_length=128)
@@ -67,11 +64,4 @@ for pos, neg in PAIRS:
                 p[f"tart d={wide.d} ({wide.reduction})"] = run_method("tart", Xc, yc, Xq, reasoner=wide, allow_small_k=True)
             rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yq).mean()) for m, q in p.items()})
     print(pos, "done", flush=True)
-cols = list(next(iter(rows.values()))[0])
-table = {n: {m: float(np.mean([a[m] for a in accs])) for m in cols} for n, accs in rows.items()}
-print(f"{BACKBONE}\n| row | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
-for n, mean in table.items():
-    print(f"| {n} | " + " | ".join(f"{mean[m]:.3f}" for m in cols) + " |")
-print("| mean | " + " | ".join(f"{np.mean([t[m] for t in table.values()]):.4f}" for m in cols) + " |")
-if os.environ.get("OUT"):
-    Path(os.environ["OUT"]).write_text(json.dumps(table, indent=1) + "\n")
+report(rows, BACKBONE)

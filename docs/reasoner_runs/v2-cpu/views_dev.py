@@ -6,7 +6,6 @@ pools of 256 and tests of 200, k = 18 / 32 / 64, seeds 0-4, contexts drawn as th
     python docs/reasoner_runs/v2-cpu/views_dev.py minilm-l6|smollm2-135m
 
 Embeddings are kept under tart_runs/views/ (npz) so a second run reads them; OUT=file.json keeps the table."""
-import json
 import os
 import sys
 from collections import defaultdict
@@ -15,14 +14,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, ".")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dev_common import KS, PAIRS, SEEDS, report  # noqa: E402
 from pipeline.datasets import context_sets, load_examples  # noqa: E402
 from pipeline.methods import run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
 
 BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "minilm-l6"
-PAIRS = [("sci.space", "sci.med"), ("rec.motorcycles", "rec.autos"), ("comp.windows.x", "comp.graphics"),
-         ("talk.politics.guns", "talk.politics.misc")]
-KS, SEEDS = (18, 32, 64), range(5)
 reasoner = load_reasoner("v1")
 logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - p, 1e-6, 1 - 1e-6))
 sig = lambda z: 1 / (1 + np.exp(-z))
@@ -96,11 +94,4 @@ for pos, neg in PAIRS:
             p.update(subspaces(Xc, yc, Et, seed))
             rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yt).mean()) for m, q in p.items()})
     print(pos, "done", flush=True)
-cols = list(next(iter(rows.values()))[0])
-table = {n: {m: float(np.mean([a[m] for a in accs])) for m in cols} for n, accs in rows.items()}
-print(f"{BACKBONE}\n| row | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
-for n, mean in table.items():
-    print(f"| {n} | " + " | ".join(f"{mean[m]:.3f}" for m in cols) + " |")
-print("| mean | " + " | ".join(f"{np.mean([t[m] for t in table.values()]):.4f}" for m in cols) + " |")
-if os.environ.get("OUT"):
-    Path(os.environ["OUT"]).write_text(json.dumps(table, indent=1) + "\n")
+report(rows, BACKBONE)
