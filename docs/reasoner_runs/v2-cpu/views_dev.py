@@ -46,12 +46,13 @@ def blocks(Xc, yc, Xq, ps):
     w = fit_whitening(Xc, d=32, reduction="scaled", allow_small_k=True)
     Zc, Zq = w.transform(Xc), w.transform(Xq)
     B, Bq = Zc[:, 16:], Zq[:, 16:]
-    g = np.sqrt(B.var(0, ddof=1).mean()) if np.any(B) else 1.0
-    if not np.any(B):
-        return {"PoE blocks 1-16 + 17-32": ps, "PoE, block 2 at half weight": ps}
+    lr32 = run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)
+    if not np.any(B):  # k <= 17: no second block (every k here is >= 18, which leaves it one direction)
+        return {"PoE blocks 1-16 + 17-32": ps, "PoE, block 2 at half weight": ps, "lr_scaled d=32": lr32}
+    g = np.sqrt(B.var(0, ddof=1).mean())
     pb = reasoner.predict_proba((B / g)[None].astype(np.float32), yc[None], (Bq / g)[None].astype(np.float32))[0]
     return {"PoE blocks 1-16 + 17-32": sig(logit(ps) + logit(pb)), "PoE, block 2 at half weight": sig(logit(ps) + 0.5 * logit(pb)),
-            "lr_scaled d=32": run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)}
+            "lr_scaled d=32": lr32}
 
 
 def subspaces(Xc, yc, Xq, seed, views=8):
