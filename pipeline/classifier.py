@@ -65,7 +65,8 @@ class TartClassifier(ClassifierMixin, BaseEstimator):
     multiclass: C > 2 classes: "auto" (native when the reasoner takes C classes, else one-vs-rest),
         "native" or "ovr".
     reduction: how the context is reduced (`methods.REDUCTIONS`): None for the one the reasoner was
-        trained on (v1: "whiten", the paper's), or "scaled" (the `tart_scaled` method's).
+        trained on (v1: "whiten", the paper's), "scaled" (the `tart_scaled` method's) or "standardized"
+        (`tart_standardized`'s: per-feature standardisation first, for causal LMs' pooled states).
     """
 
     def __init__(self, backbone: Any = "minilm-l6", reasoner: Any = None, d: int = 16, eps: float = DEFAULT_EPS,

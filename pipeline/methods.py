@@ -19,6 +19,7 @@ and return P(label = 1) for every query, shape (q,), behind one entry point,
               paper's "probe on the same features" baseline.
     lr_scaled lr_probe on the `scaled` reduction (below): the probe on tart_scaled's features.
     tart_scaled  tart on the `scaled` reduction whatever its reasoner's (v1 on the spectrum).
+    tart_standardized, lr_standardized  the same two on the `standardized` reduction (below).
     lr_full   LogisticRegression on the full D-dim embeddings, standardised with the
               context's mean/std (no PCA), i.e. what a plain linear probe can do with k points.
 
@@ -54,6 +55,11 @@ what whitening throws away: rows are L2-normalised, projected on the same top-d 
 directions, and every coordinate is divided by ONE scale, the root of the mean context variance
 over the d directions, so the context's mean coordinate variance is 1 and the variance spectrum
 (which directions the context spreads along, and so where a class signal tends to sit) survives.
+The reduction `standardized` is `scaled` after each feature is standardised on the context:
+centred, and divided by sqrt(its variance + the median feature variance). Causal LMs' pooled
+states have a few features with hundreds of times the others' variance, which would otherwise
+own the leading directions; the shrinkage toward the median keeps near-constant features from
+being blown up by k points (lr_full's per-feature standardisation, made safe for a PCA).
 `whiten` (the paper's) is every method's default; a reasoner trained on scaled episodes records
 it, and tart reads its reasoner's reduction (`Reasoner.reduction`).
 
@@ -102,7 +108,9 @@ class Whitening:
     variances: np.ndarray  # (d,) context variance along each direction (0 where none)
     eps: float
     n_informative: int  # directions with real context variance
-    normalize: bool = False  # L2-normalise each row before the projection (reduction "scaled")
+    normalize: bool = False  # L2-normalise each row before the projection (reductions "scaled", "standardized")
+    feature_mean: Optional[np.ndarray] = None  # (D,) per-feature standardisation first ("standardized")
+    feature_scale: Optional[np.ndarray] = None  # (D,)
 
     @property
     def d(self) -> int:
@@ -116,6 +124,8 @@ class Whitening:
         X = _as_matrix(X, "X")
         if X.shape[1] != self.input_dim:
             raise MethodError(f"X has {X.shape[1]} features; the whitening was fitted on {self.input_dim}")
+        if self.feature_scale is not None:
+            X = (X - self.feature_mean) / self.feature_scale
         if self.normalize:
             X = _unit_rows(X)
         Z = ((X - self.mean) @ self.components.T) * self.scale
@@ -140,7 +150,17 @@ def _as_matrix(X: Any, name: str) -> np.ndarray:
     return A
 
 
-REDUCTIONS = ("whiten", "scaled")  # the paper's whitening; PCA with one global scale (see the module docstring)
+# the paper's whitening; PCA with one global scale; the same after per-feature standardisation (module docstring)
+REDUCTIONS = ("whiten", "scaled", "standardized")
+
+
+def standardize_features(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `standardized` reduction's first step, fitted on the context (k, D): per-feature mean and
+    scale sqrt(variance + median variance) (scale 1 where every feature is constant)."""
+    mean = Xc.mean(axis=0)
+    var = Xc.var(axis=0, ddof=1) if Xc.shape[0] > 1 else np.zeros(Xc.shape[1])
+    scale = np.sqrt(var + np.median(var))
+    return mean, np.where(scale > 0, scale, 1.0)
 
 
 def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k: bool = False,
@@ -149,7 +169,11 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
     Xc = _as_matrix(Xc, "Xc")
     if reduction not in REDUCTIONS:
         raise MethodError(f"reduction={reduction!r}: expected one of {', '.join(REDUCTIONS)}")
-    normalize = reduction == "scaled"
+    normalize = reduction in ("scaled", "standardized")
+    feature_mean = feature_scale = None
+    if reduction == "standardized":
+        feature_mean, feature_scale = standardize_features(Xc)
+        Xc = (Xc - feature_mean) / feature_scale
     if normalize:
         Xc = _unit_rows(Xc)
     k, D = Xc.shape
@@ -192,7 +216,8 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
         scale[informative] = 1.0 / np.sqrt(variances[informative] + eps * vmax)
     components[~informative] = 0.0  # no context variance along it: maps everything to 0
     return Whitening(mean=mean, components=components, scale=scale, variances=variances, eps=float(eps),
-                     n_informative=int(informative.sum()), normalize=normalize)
+                     n_informative=int(informative.sum()), normalize=normalize, feature_mean=feature_mean,
+                     feature_scale=feature_scale)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -565,6 +590,15 @@ def _tart_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = 
     return _tart(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
 
 
+@register("tart_standardized", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
+def _tart_standardized(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """tart on the `standardized` reduction whatever reduction its reasoner was trained on (v1 reads
+    it with no training): the scaled reduction, after each feature is standardised on the context."""
+    if "reduction" in opts:
+        raise MethodError("method 'tart_standardized' fits reduction='standardized' by definition; use tart for another")
+    return _tart(Xc, y, Xq, reasoner=reasoner, reduction="standardized", **opts)
+
+
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
     _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes", "reduction"))
@@ -585,6 +619,14 @@ def _lr_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = No
     if "reduction" in opts:
         raise MethodError("method 'lr_scaled' fits reduction='scaled' by definition; use lr_probe for another")
     return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
+
+
+@register("lr_standardized", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
+def _lr_standardized(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+    """lr_probe on the `standardized` reduction: the probe on tart_standardized's features."""
+    if "reduction" in opts:
+        raise MethodError("method 'lr_standardized' fits reduction='standardized' by definition; use lr_probe for another")
+    return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="standardized", **opts)
 
 
 @register("lr_full", multiclass=True)

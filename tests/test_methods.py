@@ -37,9 +37,10 @@ def test_registry_lists_methods():
 
 
 def test_registry_describes_every_method_icl_included():
-    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "lr_scaled", "tart", "tart_ovr", "tart_pca8x2", "tart_scaled"]
+    assert known_methods(runs_on=EMBEDDINGS) == ["lr_full", "lr_probe", "lr_scaled", "lr_standardized", "tart", "tart_ovr",
+                                                 "tart_pca8x2", "tart_scaled", "tart_standardized"]
     assert known_methods(runs_on=TEXTS) == ["icl", "icl_calibrated", "setfit"]  # the peers: tests/test_setfit.py
-    assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2", "tart_scaled"]
+    assert known_methods(needs_reasoner=True) == ["tart", "tart_ovr", "tart_pca8x2", "tart_scaled", "tart_standardized"]
     icl = get_method("icl")
     assert icl.needs_causal and icl.protocol == "prompt" and icl.modalities == ("text",)
     assert icl.accepts("causal", "text") and icl.accepts(None, "text")  # an HF id may be a causal LM
@@ -88,7 +89,7 @@ def test_scaled_reduction_keeps_the_spectrum_ignores_row_norms_and_has_a_probe(r
     np.testing.assert_allclose(fit_whitening(Xc * 3, d=16, reduction="scaled").transform(Xq), w.transform(Xq),
                                atol=1e-9)
     assert not np.allclose(np.abs(white.transform(Xq)), np.abs(w.transform(Xq)), atol=1e-3)
-    with pytest.raises(MethodError, match="reduction='pca': expected one of whiten, scaled"):
+    with pytest.raises(MethodError, match="reduction='pca': expected one of whiten, scaled, standardized"):
         fit_whitening(Xc, d=16, reduction="pca")
     # lr_scaled is lr_probe on these features; tart can be asked for them, and reads its reasoner's by default
     y = (Xc[:, 0] > 3).astype(int)
@@ -108,6 +109,41 @@ def test_scaled_reduction_keeps_the_spectrum_ignores_row_norms_and_has_a_probe(r
                                   run_method("tart", Xc, y, Xq, reasoner=scaled))
     np.testing.assert_array_equal(run_method("tart", Xc, y, Xq, reasoner=scaled),
                                   run_method("tart", Xc, y, Xq, reasoner=reasoner, reduction="scaled"))
+
+
+def test_standardized_reduction_is_scaled_on_standardised_features_and_ignores_a_huge_feature(reasoner):
+    # a causal LM's pooled states: a few features with far more variance than the rest, the class elsewhere
+    rng = np.random.default_rng(3)
+    n, D = 400, 96
+    y = np.tile([0, 1], n // 2)
+    X = rng.normal(size=(n, D))
+    X[:, 5] += 1.5 * (2 * y - 1)  # the class signal, in one ordinary feature
+    X[:, :2] *= 60.0  # two huge, classless features
+    X[:, -1] = 2.0  # and a constant one
+    Xc, yc, Xq, yq = X[:40], y[:40], X[40:], y[40:]
+    w = fit_whitening(Xc, d=16, reduction="standardized")
+    # the definition: each feature centred and divided by sqrt(var + median var) on the context, then `scaled`
+    var = Xc.var(0, ddof=1)
+    sd = np.sqrt(var + np.median(var))
+    sd[sd == 0] = 1.0
+    ref = fit_whitening((Xc - Xc.mean(0)) / sd, d=16, reduction="scaled")
+    np.testing.assert_allclose(w.transform(Xq), ref.transform((Xq - Xc.mean(0)) / sd), atol=1e-10)
+    assert np.isfinite(w.transform(Xq)).all()
+    np.testing.assert_allclose(fit_whitening(Xc * 4 - 1, d=16, reduction="standardized").transform(Xq * 4 - 1),
+                               w.transform(Xq), atol=1e-9)  # one affine map of every feature changes nothing
+    # the huge features own scaled's leading directions, not the standardized ones
+    assert np.abs(fit_whitening(Xc, d=16, reduction="scaled").components[:2, :2]).max(axis=1).min() > 0.9
+    assert np.abs(w.components[:, :2]).max() < 0.5
+    acc = lambda m: float((((run_method(m, Xc, yc, Xq, reasoner=reasoner) > 0.5) == yq)).mean())
+    assert acc("tart_standardized") > acc("tart_scaled") + 0.1 and acc("tart_standardized") > 0.65  # 0.71 vs 0.54 here
+    # the method pair, as for scaled: tart and lr_probe asked for the reduction, and no other reduction
+    np.testing.assert_array_equal(run_method("tart_standardized", Xc, yc, Xq, reasoner=reasoner),
+                                  run_method("tart", Xc, yc, Xq, reasoner=reasoner, reduction="standardized"))
+    np.testing.assert_array_equal(run_method("lr_standardized", Xc, yc, Xq),
+                                  run_method("lr_probe", Xc, yc, Xq, reduction="standardized"))
+    for m in ("tart_standardized", "lr_standardized"):
+        with pytest.raises(MethodError, match="fits reduction='standardized' by definition"):
+            run_method(m, Xc, yc, Xq, reasoner=reasoner, reduction="scaled")
 
 
 def test_whitening_degenerate_inputs_stay_finite():

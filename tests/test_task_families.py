@@ -46,15 +46,17 @@ def test_training_whitening_is_the_compositions_whitening(k, raw_dims):
         np.testing.assert_allclose(zq[i].numpy(), w.transform(x[i, k:].numpy()), atol=1e-9)
 
 
+@pytest.mark.parametrize("reduction", ["scaled", "standardized"])
 @pytest.mark.parametrize("k", [17, 40])
-def test_training_scaled_reduction_is_the_compositions(k):
-    spec = _spec(raw_dims=64, reduction="scaled")
+def test_training_scaled_reduction_is_the_compositions(k, reduction):
+    spec = _spec(raw_dims=64, reduction=reduction)
     g = torch.Generator().manual_seed(k)
     x, _ = sample_embedding_episodes_torch(spec, 4, g, points=k + 9)
     x = x.double() * 3.0 + 0.5  # off-centre and not unit rows: the reduction normalises them
-    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], 16, reduction="scaled")
+    x[:, :, :3] *= torch.tensor([40.0, 1e-3, 7.0], dtype=x.dtype)  # features far apart in variance
+    zc, zq = whiten_context_torch(x[:, :k], x[:, k:], 16, reduction=reduction)
     for i in range(4):
-        w = fit_whitening(x[i, :k].numpy(), d=16, reduction="scaled")
+        w = fit_whitening(x[i, :k].numpy(), d=16, reduction=reduction)
         np.testing.assert_allclose(zc[i].numpy(), w.transform(x[i, :k].numpy()), atol=1e-9)
         np.testing.assert_allclose(zq[i].numpy(), w.transform(x[i, k:].numpy()), atol=1e-9)
     # and the family's batches are reduced that way: mean coordinate variance 1, the spectrum kept
