@@ -260,7 +260,7 @@ def _blobs(C: int, per: int, q_per: int, seed: int = 0, D: int = 48, spread: flo
     return centres[yc] + rng.normal(size=(len(yc), D)), yc, centres[yq] + rng.normal(size=(len(yq), D)), yq
 
 
-@pytest.mark.parametrize("method", ["tart", "lr_probe", "lr_full"])
+@pytest.mark.parametrize("method", ["tart", "tart_standardized", "lr_probe", "lr_standardized", "lr_full"])
 def test_multi_class_methods_give_distributions_well_above_chance(reasoner, method):
     Xc, yc, Xq, yq = _blobs(C=5, per=9, q_per=20)
     p = run_method(method, Xc, yc, Xq, reasoner=reasoner, n_classes=5)
