@@ -156,7 +156,7 @@ REDUCTIONS = ("whiten", "scaled", "standardized")
 
 def standardize_features(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The `standardized` reduction's first step, fitted on the context (k, D): per-feature mean and
-    scale sqrt(variance + median variance) (scale 1 where every feature is constant)."""
+    scale sqrt(variance + median variance); 1 where that is 0 (a constant feature, most features constant)."""
     mean = Xc.mean(axis=0)
     var = Xc.var(axis=0, ddof=1) if Xc.shape[0] > 1 else np.zeros(Xc.shape[1])
     scale = np.sqrt(var + np.median(var))
