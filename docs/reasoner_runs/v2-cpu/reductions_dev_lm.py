@@ -7,6 +7,7 @@ probes on 32 PCA dims (k=18 keeps its 17 informative directions), where a wider 
 
     python docs/reasoner_runs/v2-cpu/reductions_dev_lm.py [backbone]      (default smollm2-135m)
 
+The embeddings are made once and kept under tart_runs/views/ (`dev_common.embeddings`);
 OUT=file.json keeps the table; WIDE=checkpoint adds that reasoner (e.g. run K's d=32 one) through the
 reduction it was trained on, k=18 keeping its 17 informative directions as the d=32 probes do."""
 import os
@@ -17,16 +18,13 @@ import numpy as np
 
 sys.path.insert(0, ".")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dev_common import KS, PAIRS, SEEDS, report  # noqa: E402
-from pipeline.backbones import load_backbone  # noqa: E402
-from pipeline.datasets import context_sets, load_examples  # noqa: E402
+from dev_common import accuracies, episodes, report  # noqa: E402
 from pipeline.methods import fit_whitening, run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
 
 BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
 reasoner = load_reasoner("v1")
 wide = load_reasoner(os.environ["WIDE"]) if os.environ.get("WIDE") else None
-backbone = load_backbone(BACKBONE, max_length=128)
 
 
 def partial(Xc, yc, Xq):
@@ -42,26 +40,16 @@ def partial(Xc, yc, Xq):
 
 
 rows = defaultdict(list)
-for pos, neg in PAIRS:
-    opts = dict(positive_class=pos, negative_class=neg)
-    pool = load_examples("newsgroups", "train", train_size=256, **opts)
-    test = load_examples("newsgroups", "test", test_size=200, **opts)
-    Ep, Et = backbone.embed(pool.inputs).astype(np.float64), backbone.embed(test.inputs).astype(np.float64)
-    for seed in SEEDS:
-        sets = context_sets(pool.labels, KS, seed)
-        for k in KS:
-            idx = sets[k]
-            Xc, yc, Xq, yq = Ep[idx], pool.labels[idx], Et, test.labels
-            p = {"lr_probe": run_method("lr_probe", Xc, yc, Xq), "lr_scaled": run_method("lr_scaled", Xc, yc, Xq),
-                 "lr_full": run_method("lr_full", Xc, yc, Xq),
-                 "tart (whiten)": run_method("tart", Xc, yc, Xq, reasoner=reasoner),
-                 "tart (scaled)": run_method("tart_scaled", Xc, yc, Xq, reasoner=reasoner),
-                 "tart (partial)": partial(Xc, yc, Xq),
-                 # where a wider reasoner could gain: the probes on 32 PCA dims
-                 "lr_probe d=32": run_method("lr_probe", Xc, yc, Xq, d=32, allow_small_k=True),
-                 "lr_scaled d=32": run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)}
-            if wide is not None:
-                p[f"tart d={wide.d} ({wide.reduction})"] = run_method("tart", Xc, yc, Xq, reasoner=wide, allow_small_k=True)
-            rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yq).mean()) for m, q in p.items()})
-    print(pos, "done", flush=True)
+for row, _, Xc, yc, Xq, yq in episodes(BACKBONE):
+    p = {"lr_probe": run_method("lr_probe", Xc, yc, Xq), "lr_scaled": run_method("lr_scaled", Xc, yc, Xq),
+         "lr_full": run_method("lr_full", Xc, yc, Xq),
+         "tart (whiten)": run_method("tart", Xc, yc, Xq, reasoner=reasoner),
+         "tart (scaled)": run_method("tart_scaled", Xc, yc, Xq, reasoner=reasoner),
+         "tart (partial)": partial(Xc, yc, Xq),
+         # where a wider reasoner could gain: the probes on 32 PCA dims
+         "lr_probe d=32": run_method("lr_probe", Xc, yc, Xq, d=32, allow_small_k=True),
+         "lr_scaled d=32": run_method("lr_scaled", Xc, yc, Xq, d=32, allow_small_k=True)}
+    if wide is not None:
+        p[f"tart d={wide.d} ({wide.reduction})"] = run_method("tart", Xc, yc, Xq, reasoner=wide, allow_small_k=True)
+    rows[row].append(accuracies(p, yq))
 report(rows, BACKBONE)

@@ -1,6 +1,6 @@
 """Per-feature standardisation before the scaled reduction, on dev data (issue 15), no training: how
 the `standardized` reduction was chosen, before any default-grid or held-out cell was scored with it.
-Reads the dev embeddings views_dev.py keeps (tart_runs/views/, run it first for the backbone): the 4
+The dev pairs' embeddings are made once and kept under tart_runs/views/ (`dev_common.embeddings`): the 4
 dev newsgroups pairs, pools of 256, tests of 200, k 18/32/64, seeds 0-4. Each feature is centred and
 divided by sqrt(var + lam * median var) on the context (lam: the shrinkage), then reduced as `scaled`.
 
@@ -16,21 +16,12 @@ import numpy as np
 
 sys.path.insert(0, ".")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dev_common import KS, PAIRS, SEEDS, report  # noqa: E402
-from pipeline.datasets import context_sets, load_examples  # noqa: E402
+from dev_common import accuracies, episodes, report  # noqa: E402
 from pipeline.methods import run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
 
 BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "minilm-l6"
 reasoner = load_reasoner("v1")
-
-
-def embeddings(pos, neg):
-    z = np.load(f"tart_runs/views/{BACKBONE}-{pos}-{neg}.npz")
-    opts = dict(positive_class=pos, negative_class=neg)
-    pool = load_examples("newsgroups", "train", train_size=256, **opts)
-    test = load_examples("newsgroups", "test", test_size=200, **opts)
-    return z["Ep"].astype(np.float64), pool.labels, z["Et"].astype(np.float64), test.labels
 
 
 def standardise(Xc, Xq, lam):
@@ -40,18 +31,12 @@ def standardise(Xc, Xq, lam):
 
 
 rows = defaultdict(list)
-for pos, neg in PAIRS:
-    Ep, yp, Et, yt = embeddings(pos, neg)
-    for seed in SEEDS:
-        sets = context_sets(yp, KS, seed)
-        for k in KS:
-            Xc, yc = Ep[sets[k]], yp[sets[k]]
-            p = {m: run_method(m, Xc, yc, Et, reasoner=reasoner) for m in
-                 ("lr_probe", "lr_scaled", "lr_full", "tart", "tart_scaled")}
-            for lam in (0.0, 0.3, 1.0, 3.0, 10.0):
-                Zc, Zq = standardise(Xc, Et, lam)
-                p[f"lam={lam} tart"] = run_method("tart_scaled", Zc, yc, Zq, reasoner=reasoner)
-                p[f"lam={lam} lr"] = run_method("lr_scaled", Zc, yc, Zq)
-            p["tart_standardized"] = run_method("tart_standardized", Xc, yc, Et, reasoner=reasoner)
-            rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yt).mean()) for m, q in p.items()})
+for row, _, Xc, yc, Et, yt in episodes(BACKBONE):
+    p = {m: run_method(m, Xc, yc, Et, reasoner=reasoner) for m in ("lr_probe", "lr_scaled", "lr_full", "tart", "tart_scaled")}
+    for lam in (0.0, 0.3, 1.0, 3.0, 10.0):
+        Zc, Zq = standardise(Xc, Et, lam)
+        p[f"lam={lam} tart"] = run_method("tart_scaled", Zc, yc, Zq, reasoner=reasoner)
+        p[f"lam={lam} lr"] = run_method("lr_scaled", Zc, yc, Zq)
+    p["tart_standardized"] = run_method("tart_standardized", Xc, yc, Et, reasoner=reasoner)
+    rows[row].append(accuracies(p, yt))
 report(rows, BACKBONE)

@@ -9,14 +9,12 @@ Embeddings are kept under tart_runs/views/ (npz) so a second run reads them; OUT
 import os
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, ".")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dev_common import KS, PAIRS, SEEDS, report  # noqa: E402
-from pipeline.datasets import context_sets, load_examples  # noqa: E402
+from dev_common import accuracies, episodes, report, view_probs  # noqa: E402
 from pipeline.methods import run_method  # noqa: E402
 from pipeline.reasoner import load_reasoner  # noqa: E402
 
@@ -24,19 +22,6 @@ BACKBONE = sys.argv[1] if len(sys.argv) > 1 else "minilm-l6"
 reasoner = load_reasoner("v1")
 logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6)) - np.log(np.clip(1 - p, 1e-6, 1 - 1e-6))
 sig = lambda z: 1 / (1 + np.exp(-z))
-
-
-def embeddings(pos, neg):
-    f = Path(f"tart_runs/views/{BACKBONE}-{pos}-{neg}.npz")
-    opts = dict(positive_class=pos, negative_class=neg)
-    pool = load_examples("newsgroups", "train", train_size=256, **opts)
-    test = load_examples("newsgroups", "test", test_size=200, **opts)
-    if not f.exists():
-        from pipeline.backbones import load_backbone
-        bb = load_backbone(BACKBONE, **({"max_length": 128} if "minilm" not in BACKBONE else {}))
-        np.savez(f, Ep=bb.embed(pool.inputs), Et=bb.embed(test.inputs))
-    z = np.load(f)
-    return z["Ep"].astype(np.float64), pool.labels, z["Et"].astype(np.float64), test.labels
 
 
 def blocks(Xc, yc, Xq, ps):
@@ -56,43 +41,25 @@ def blocks(Xc, yc, Xq, ps):
 
 
 def subspaces(Xc, yc, Xq, seed, views=8):
-    """The random subspace method: v1 on `views` random 16-dim subspaces of the context's top
-    min(D, k-1) scaled directions (D = 24 or 32), each view rescaled to a mean variance of 1, the
-    views' answers averaged (probabilities)."""
-    from pipeline.methods import fit_whitening
+    """v1 on `views` random 16-dim subspaces of the top-24 / top-32 scaled directions (`view_probs`),
+    the views' answers averaged as probabilities and as logits."""
     out = {}
     for D in (24, 32):
-        w = fit_whitening(Xc, d=D, reduction="scaled", allow_small_k=True)
-        Zc, Zq = w.transform(Xc)[:, :w.n_informative], w.transform(Xq)[:, :w.n_informative]
-        n = Zc.shape[1]
-        rng = np.random.default_rng(1000 + seed)
-        A, B = [], []
-        for _ in range(views):
-            R, _ = np.linalg.qr(rng.standard_normal((n, 16)))
-            a, b = Zc @ R, Zq @ R
-            g = np.sqrt(a.var(0, ddof=1).mean())
-            A.append(a / g); B.append(b / g)
-        p = reasoner.predict_proba(np.stack(A).astype(np.float32), np.repeat(yc[None], views, 0), np.stack(B).astype(np.float32))
+        p = view_probs(reasoner, Xc, yc, Xq, seed, D, "scaled", views)
         out[f"subspaces of top-{D}, mean prob"] = p.mean(0)
         out[f"subspaces of top-{D}, mean logit"] = sig(logit(p).mean(0))
     return out
 
 
 rows = defaultdict(list)
-for pos, neg in PAIRS:
-    Ep, yp, Et, yt = embeddings(pos, neg)
-    for seed in SEEDS:
-        sets = context_sets(yp, KS, seed)
-        for k in KS:
-            Xc, yc = Ep[sets[k]], yp[sets[k]]
-            pw = run_method("tart", Xc, yc, Et, reasoner=reasoner)
-            ps = run_method("tart_scaled", Xc, yc, Et, reasoner=reasoner)
-            p = {"lr_probe": run_method("lr_probe", Xc, yc, Et), "lr_scaled": run_method("lr_scaled", Xc, yc, Et),
-                 "lr_full": run_method("lr_full", Xc, yc, Et), "tart (whiten)": pw, "tart (scaled)": ps,
-                 "mean prob": (pw + ps) / 2, "mean logit": sig((logit(pw) + logit(ps)) / 2),
-                 "lr mean (whiten+scaled)": (run_method("lr_probe", Xc, yc, Et) + run_method("lr_scaled", Xc, yc, Et)) / 2}
-            p.update(blocks(Xc, yc, Et, ps))
-            p.update(subspaces(Xc, yc, Et, seed))
-            rows[f"{pos} k={k}"].append({m: float(((q > 0.5) == yt).mean()) for m, q in p.items()})
-    print(pos, "done", flush=True)
+for row, seed, Xc, yc, Et, yt in episodes(BACKBONE):
+    pw = run_method("tart", Xc, yc, Et, reasoner=reasoner)
+    ps = run_method("tart_scaled", Xc, yc, Et, reasoner=reasoner)
+    p = {"lr_probe": run_method("lr_probe", Xc, yc, Et), "lr_scaled": run_method("lr_scaled", Xc, yc, Et),
+         "lr_full": run_method("lr_full", Xc, yc, Et), "tart (whiten)": pw, "tart (scaled)": ps,
+         "mean prob": (pw + ps) / 2, "mean logit": sig((logit(pw) + logit(ps)) / 2),
+         "lr mean (whiten+scaled)": (run_method("lr_probe", Xc, yc, Et) + run_method("lr_scaled", Xc, yc, Et)) / 2}
+    p.update(blocks(Xc, yc, Et, ps))
+    p.update(subspaces(Xc, yc, Et, seed))
+    rows[row].append(accuracies(p, yt))
 report(rows, BACKBONE)
