@@ -152,6 +152,7 @@ def _as_matrix(X: Any, name: str) -> np.ndarray:
 
 # the paper's whitening; PCA with one global scale; the same after per-feature standardisation (module docstring)
 REDUCTIONS = ("whiten", "scaled", "standardized")
+ONE_SCALE_REDUCTIONS = ("scaled", "standardized")  # unit rows first, then one scale for every direction
 
 
 def standardize_features(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +170,7 @@ def fit_whitening(Xc: Any, d: int = 16, eps: float = DEFAULT_EPS, allow_small_k:
     Xc = _as_matrix(Xc, "Xc")
     if reduction not in REDUCTIONS:
         raise MethodError(f"reduction={reduction!r}: expected one of {', '.join(REDUCTIONS)}")
-    normalize = reduction in ("scaled", "standardized")
+    normalize = reduction in ONE_SCALE_REDUCTIONS
     feature_mean = feature_scale = None
     if reduction == "standardized":
         feature_mean, feature_scale = standardize_features(Xc)
@@ -581,24 +582,6 @@ def _tart_pca8x2(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = 
     return _tart(Xc, y, Xq, reasoner=_EachCoordinateTwice(reasoner), d=PAPER_DIMS, **opts)
 
 
-@register("tart_scaled", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
-def _tart_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    """tart on the `scaled` reduction whatever reduction its reasoner was trained on: v1 reading the
-    variance spectrum that whitening discards (what the reduction alone is worth, no training)."""
-    if "reduction" in opts:
-        raise MethodError("method 'tart_scaled' fits reduction='scaled' by definition; use tart for another")
-    return _tart(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
-
-
-@register("tart_standardized", needs_reasoner=True, pca_dims="reasoner", multiclass=True)
-def _tart_standardized(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    """tart on the `standardized` reduction whatever reduction its reasoner was trained on (v1 reads
-    it with no training): the scaled reduction, after each feature is standardised on the context."""
-    if "reduction" in opts:
-        raise MethodError("method 'tart_standardized' fits reduction='standardized' by definition; use tart for another")
-    return _tart(Xc, y, Xq, reasoner=reasoner, reduction="standardized", **opts)
-
-
 @register("lr_probe", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
 def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
     _check_opts("lr_probe", opts, ("d", "eps", "allow_small_k", "C", "max_iter", "n_classes", "reduction"))
@@ -612,21 +595,31 @@ def _lr_probe(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = Non
     return clf.predict_proba(w.transform(Xq))[:, 1]
 
 
-@register("lr_scaled", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
-def _lr_scaled(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    """lr_probe on the `scaled` reduction: the probe on the features tart_scaled (or a reasoner trained
-    on scaled episodes) reads."""
-    if "reduction" in opts:
-        raise MethodError("method 'lr_scaled' fits reduction='scaled' by definition; use lr_probe for another")
-    return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="scaled", **opts)
+def _on_reduction(name: str, base: MethodFn, base_name: str, reduction: str, doc: str) -> MethodFn:
+    """Method `name`: `base` (tart or lr_probe) on `reduction` by definition, whatever the reasoner's."""
+    def method(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
+        if "reduction" in opts:
+            raise MethodError(f"method '{name}' fits reduction='{reduction}' by definition; use {base_name} for another")
+        return base(Xc, y, Xq, reasoner=reasoner, reduction=reduction, **opts)
+
+    method.__name__, method.__doc__ = f"_{name}", doc
+    return method
 
 
-@register("lr_standardized", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)
-def _lr_standardized(Xc: np.ndarray, y: np.ndarray, Xq: np.ndarray, reasoner: Any = None, **opts: Any) -> np.ndarray:
-    """lr_probe on the `standardized` reduction: the probe on tart_standardized's features."""
-    if "reduction" in opts:
-        raise MethodError("method 'lr_standardized' fits reduction='standardized' by definition; use lr_probe for another")
-    return _lr_probe(Xc, y, Xq, reasoner=reasoner, reduction="standardized", **opts)
+for _reduction, _tart_doc, _lr_doc in (
+        ("scaled",
+         "tart on the `scaled` reduction whatever reduction its reasoner was trained on: v1 reading the\n"
+         "variance spectrum that whitening discards (what the reduction alone is worth, no training).",
+         "lr_probe on the `scaled` reduction: the probe on the features tart_scaled (or a reasoner trained\n"
+         "on scaled episodes) reads."),
+        ("standardized",
+         "tart on the `standardized` reduction whatever reduction its reasoner was trained on (v1 reads\n"
+         "it with no training): the scaled reduction, after each feature is standardised on the context.",
+         "lr_probe on the `standardized` reduction: the probe on tart_standardized's features.")):
+    register(f"tart_{_reduction}", needs_reasoner=True, pca_dims="reasoner", multiclass=True)(
+        _on_reduction(f"tart_{_reduction}", _tart, "tart", _reduction, _tart_doc))
+    register(f"lr_{_reduction}", pca_dims=DEFAULT_PCA_DIMS, multiclass=True)(
+        _on_reduction(f"lr_{_reduction}", _lr_probe, "lr_probe", _reduction, _lr_doc))
 
 
 @register("lr_full", multiclass=True)

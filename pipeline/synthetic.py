@@ -333,14 +333,14 @@ def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: fl
     to xc and its queries xq (n, q, D). Same centring, sign rule, epsilon and zeroed degenerate directions.
     Returns (n, k, d), (n, q, d)."""
     import torch
-    from .methods import RANK_RTOL
+    from .methods import ONE_SCALE_REDUCTIONS, RANK_RTOL
     if reduction == "standardized":  # methods.standardize_features, per episode
         f_mean = xc.mean(1, keepdim=True)
         f_var = xc.var(1, keepdim=True, unbiased=True) if xc.shape[1] > 1 else torch.zeros_like(f_mean)
         f_scale = torch.sqrt(f_var + torch.quantile(f_var, 0.5, dim=-1, keepdim=True))  # numpy's median
         f_scale = torch.where(f_scale > 0, f_scale, torch.ones_like(f_scale))
         xc, xq = (xc - f_mean) / f_scale, (xq - f_mean) / f_scale
-    if reduction in ("scaled", "standardized"):
+    if reduction in ONE_SCALE_REDUCTIONS:
         unit = lambda t: t / torch.linalg.norm(t, dim=-1, keepdim=True).clamp_min(1e-30)
         xc, xq = unit(xc), unit(xq)
     k = xc.shape[1]
@@ -353,7 +353,7 @@ def whiten_context_torch(xc: "torch.Tensor", xq: "torch.Tensor", d: int, eps: fl
     r = min(d, Vh.shape[1])
     comps, var_d, vmax = Vh[:, :r], var[:, :r], var[:, :1]
     informative = var_d > RANK_RTOL * vmax
-    if reduction in ("scaled", "standardized"):  # one scale per episode: the mean variance over its informative directions
+    if reduction in ONE_SCALE_REDUCTIONS:  # one scale per episode: the mean variance over its informative directions
         mean_var = (var_d * informative).sum(1, keepdim=True) / informative.sum(1, keepdim=True).clamp_min(1)
         var_d = mean_var.expand_as(var_d)
     scale = torch.where(informative, 1.0 / torch.sqrt(var_d + eps * vmax), torch.zeros_like(var_d))
