@@ -59,6 +59,10 @@ class EmbeddingPrior:
     paper_share: float = 0.0  # share of binary episodes that are the paper's task exactly as v1 trained on
     #                           it (x ~ N(0, I_d) unwhitened, w ~ N(0, I_d) * weight_multiplier): replay that
     #                           keeps a fine-tune of v1 at home on near-separable tasks, where v1 is at its best
+    rotate: bool = False  # turn each batch's x by one random rotation of its raw_dims before the reduction: a
+    #                       backbone's variance directions are not its coordinate axes, and the `standardized`
+    #                       reduction (per-feature scaling) would flatten an axis-aligned spectrum that real
+    #                       embeddings keep
 
     def check(self, d: int, points: int) -> None:
         if self.raw_dims < d:
@@ -372,11 +376,21 @@ def embedding_batch(spec: TaskSpec, n: int, k: int, gen: "torch.Generator", devi
         x, y = sample_embedding_episodes_torch(spec, n, gen, device, points=k + q, n_context=k)
     else:
         x, y = sample_multiclass_episodes_torch(spec, n, n_classes, gen, device, points=k + q, n_context=k)
+    if spec.prior.rotate:  # drawn after the episodes: rotate=False sees the same batches as before
+        x = x @ random_rotation(spec.prior.raw_dims, gen, device)
     zc, zq = whiten_context_torch(x[:, :k], x[:, k:], spec.d, reduction=spec.prior.reduction)
     yc, yq = y[:, :k], y[:, k:]
     if n_classes == 2 and spec.prior.paper_share > 0:  # drawn last: paper_share=0 sees the same batches as before
         zc, yc, zq, yq = _replay_paper_task(spec, zc, yc, zq, yq, gen)
     return zc, yc, zq, yq
+
+
+def random_rotation(D: int, gen: "torch.Generator", device="cpu") -> "torch.Tensor":
+    """A (D, D) orthogonal matrix drawn uniformly (Haar): QR of a Gaussian matrix, R's diagonal signs
+    folded into Q so that the draw is not biased towards Q's sign convention."""
+    import torch
+    q, r = torch.linalg.qr(torch.randn(D, D, generator=gen, device=device))
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(D, device=device))
 
 
 def _replay_paper_task(spec: TaskSpec, zc, yc, zq, yq, gen):

@@ -120,6 +120,24 @@ def test_paper_replay_share_mixes_in_v1s_own_task_and_zero_changes_nothing():
         _spec(paper_share=1.5)
 
 
+def test_rotated_episodes_keep_their_spectrum_through_the_standardized_reduction():
+    """`rotate` turns x off the coordinate axes: rotate=False sees the same batches as before, a rotation
+    is orthogonal and keeps the labels, and only rotated episodes keep a decaying spectrum through the
+    per-feature standardisation (an axis-aligned spectrum is what standardising flattens)."""
+    from pipeline.synthetic import random_rotation
+    Q = random_rotation(64, torch.Generator().manual_seed(1))
+    assert torch.allclose(Q @ Q.T, torch.eye(64), atol=1e-5)
+    prior = dict(raw_dims=384, spectrum_min=0.1, spectrum_max=1.0, reduction="standardized")
+    base = embedding_batch(_spec(**prior), 64, 32, torch.Generator().manual_seed(5))
+    same = embedding_batch(_spec(**prior, rotate=False), 64, 32, torch.Generator().manual_seed(5))
+    for a, b in zip(base, same):
+        assert torch.equal(a, b)
+    turned = embedding_batch(_spec(**prior, rotate=True), 64, 32, torch.Generator().manual_seed(5))
+    assert torch.equal(turned[1], base[1]) and torch.equal(turned[3], base[3])  # labels drawn before the turn
+    lead = lambda zc: float((zc.var(1)[:, 0] / zc.var(1).mean(1)).median())  # leading direction's variance share
+    assert lead(base[0]) < 1.5 < 2.0 < lead(turned[0]), (lead(base[0]), lead(turned[0]))
+
+
 def test_context_sizes_cover_the_range_and_are_a_function_of_step():
     spec = _spec()
     ks = [context_size(spec, 0, s) for s in range(400)]

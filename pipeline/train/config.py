@@ -195,6 +195,8 @@ FIELD_HELP = {
     "task.prior.sep_max": "... to this",
     "task.prior.paper_share": "embedding family: share of binary episodes that are the paper's task exactly as "
                               "v1 trained on it (replay)",
+    "task.prior.rotate": "embedding family: turn each batch's x by a random rotation before the reduction "
+                         "(variance directions off the coordinate axes, as a backbone's are)",
     "task.prior.k_min": "embedding family: smallest context trained (k ~ U{k_min..points-queries} per step)",
     "task.prior.queries": "embedding family: query points after the context (the loss is on them)",
     "task.prior.classes": "embedding family: classes per episode ~ U{2..classes} each step (> 2: softmax "
