@@ -390,7 +390,7 @@ def random_rotation(D: int, gen: "torch.Generator", device="cpu") -> "torch.Tens
     folded into Q so that the draw is not biased towards Q's sign convention."""
     import torch
     q, r = torch.linalg.qr(torch.randn(D, D, generator=gen, device=device))
-    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(D, device=device))
+    return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
 
 
 def _replay_paper_task(spec: TaskSpec, zc, yc, zq, yq, gen):
