@@ -294,6 +294,20 @@ def test_shipped_recipe_config_matches_the_shipped_reasoner():
         assert (REPO / "configs/train" / f).read_text().startswith("# tart ")
 
 
+
+def test_gpu_length_v2_recipe_is_the_task_cpu_run_p_trained():
+    """configs/train/v2-d32-gpu.yaml is the recipe of CPU run P at GPU length: the same model shape and
+    task (built here from the overrides P's log records on top of configs/train/v2-cpu.yaml), widened from
+    v1, on a GPU; only the length and batch differ."""
+    gpu = load_config(TrainConfig, REPO / "configs/train/v2-d32-gpu.yaml")
+    run_p = json.loads((REPO / "docs/reasoner_runs/v2-cpu/P.log").read_text().splitlines()[0])["overrides"]
+    task_overrides = [o for o in run_p if o.startswith(("model.", "task."))]
+    cpu = load_config(TrainConfig, REPO / "configs/train/v2-cpu.yaml", task_overrides)
+    assert task_record(gpu.task) == task_record(cpu.task)
+    assert gpu.model.record() == cpu.model.record() and gpu.model.d == 32
+    assert gpu.init_from == "v1" and gpu.gpu and gpu.steps * gpu.batch_size > 10 * 2400 * 64
+    assert (REPO / "configs/train/v2-d32-gpu.yaml").read_text().startswith("# tart ")
+
 def test_train_state_loads_with_weights_only_and_restores_every_rng(env, tmp_path):
     """A checkpoint's train_state.pt holds no pickled numpy objects: it loads with
     weights_only=True (no code can run from a tampered file), and the RNG states it holds
