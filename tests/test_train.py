@@ -294,7 +294,6 @@ def test_shipped_recipe_config_matches_the_shipped_reasoner():
         assert (REPO / "configs/train" / f).read_text().startswith("# tart ")
 
 
-
 def test_gpu_length_v2_recipe_is_the_task_cpu_run_p_trained():
     """configs/train/v2-d32-gpu.yaml is the recipe of CPU run P at GPU length: the same model shape and
     task (built here from the overrides P's log records on top of configs/train/v2-cpu.yaml), widened from
@@ -307,6 +306,7 @@ def test_gpu_length_v2_recipe_is_the_task_cpu_run_p_trained():
     assert gpu.model.record() == cpu.model.record() and gpu.model.d == 32
     assert gpu.init_from == "v1" and gpu.gpu and gpu.steps * gpu.batch_size > 10 * 2400 * 64
     assert (REPO / "configs/train/v2-d32-gpu.yaml").read_text().startswith("# tart ")
+
 
 def test_train_state_loads_with_weights_only_and_restores_every_rng(env, tmp_path):
     """A checkpoint's train_state.pt holds no pickled numpy objects: it loads with
