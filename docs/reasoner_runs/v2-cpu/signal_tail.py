@@ -1,8 +1,9 @@
 """What directions 17-32 of the `standardized` reduction are worth, real against synthetic: the gain of logistic
 regression (C = 1) on the top 32 directions over the top 16, at k = 32 and 64. Real: the dev pairs
 (`checkpoint_dev_M_*.json`, columns lr_standardized d=32 and lr_standardized). Synthetic: 256 episodes of run
-L/M's rotated prior as training draws them (`synthetic.embedding_batch`, 400 queries each), for a few ranges of
-the task's decay exponent a (w_j ~ N(0, (j+1)^-2a) over the raw coordinates). A d = 32 reasoner can learn to
+L/M's rotated prior as training draws them (`synthetic.embedding_batch`, 400 queries each; the prior read from
+configs/train/v2-d32-gpu.yaml, which is that prior but for its decay, without the paper's episodes), for a few
+ranges of the task's decay exponent a (w_j ~ N(0, (j+1)^-2a) over the raw coordinates). A d = 32 reasoner can learn to
 read directions 17-32 only if its training episodes put signal there (BENCHMARKS.md, "Runs O and P").
 
     python docs/reasoner_runs/v2-cpu/signal_tail.py
@@ -10,16 +11,20 @@ read directions 17-32 only if its training episodes put signal there (BENCHMARKS
 import json
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, ".")
-from pipeline.synthetic import EmbeddingPrior, TaskSpec, embedding_batch  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.synthetic import TaskSpec, embedding_batch  # noqa: E402
+from pipeline.train.config import TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KS, D, EPISODES, QUERIES = (32, 64), 32, 256, 400
+RECIPE = load_config(TrainConfig, "configs/train/v2-d32-gpu.yaml").task.prior
 
 
 def lr_acc(zc, yc, zq, yq) -> float:
@@ -35,9 +40,7 @@ for bb in ("smollm2-135m", "minilm-l6"):
     print(f"{bb:24s}", "  ".join(f"k={k} LR32-LR16 {g:+.4f}" for k, g in zip(KS, gains)), flush=True)
 
 for dmin, dmax in [(0.75, 2.0), (0.25, 1.25), (0.0, 1.0), (0.0, 0.5)]:
-    prior = EmbeddingPrior(raw_dims=384, signal_min=2, signal_max=60, flip_max=0.1, decay_min=dmin, decay_max=dmax,
-                           spectrum_min=0.1, spectrum_max=1.0, class_conditional=0.7, sep_min=0.75, sep_max=8,
-                           reduction="standardized", rotate=True, paper_share=0.0, queries=QUERIES)
+    prior = replace(RECIPE, decay_min=dmin, decay_max=dmax, paper_share=0.0, queries=QUERIES)
     out = []
     for k in KS:
         gen = torch.Generator().manual_seed(k)
