@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ConfigError
 from ..reasoner import ReasonerModel
@@ -157,7 +158,10 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
     per_worker = cfg.batch_size // ctx.world_size
     micro = cfg.micro_batch or per_worker
     accum = per_worker // micro
-    use_amp = ctx.device.type == "cuda" and cfg.bf16
+    use_amp = cfg.bf16 if ctx.device.type == "cuda" else cfg.cpu_bf16
+    # bf16 on CPU: PyTorch's CPU flash-attention kernel with a mask is slower than plain matmul + softmax
+    # at these lengths (0.38 vs 0.45 steps/s, k = 64; bench/bench_train_cpu_bf16.py); training only
+    kernel = (lambda: sdpa_kernel(SDPBackend.MATH)) if use_amp and ctx.device.type == "cpu" else contextlib.nullcontext
     losses = []
     for m in range(accum):
         # DDP: all-reduce gradients once per optimizer step, not once per micro-batch
@@ -176,7 +180,7 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
                 xb = F.pad(xb, (0, cfg.model.d - xb.shape[2]))
             target = yb
         with sync:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp), kernel():
                 logits = net(xb, yb, n_context)
             loss = episode_loss(logits, target, n_classes) / accum
             loss.backward()
