@@ -169,7 +169,7 @@ FIELD_HELP = {
     "max_failures": "worker-group restarts from the latest checkpoint before giving up (-1: unlimited)",
     "bf16": "bf16 autocast on GPU",
     "cpu_bf16": "bf16 autocast on CPU workers too (opt-in: fast only on CPUs with AVX512-BF16 or AMX; "
-                "1.5x steps/s on this 2-core box, bench/bench_train_cpu_bf16.py)",
+                "1.55x steps/s on the 2-core test box, bench/bench_train_cpu_bf16.py)",
     "mlflow_uri": "tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)",
     "experiment": "MLflow experiment",
     "register_as": "register the final reasoner (an MLflow Model: pyfunc, signature, model card) under this name",
