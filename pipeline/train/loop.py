@@ -160,7 +160,7 @@ def _accumulate_gradients(cfg: TrainConfig, ctx: LoopContext, net, source, step:
     accum = per_worker // micro
     use_amp = cfg.bf16 if ctx.device.type == "cuda" else cfg.cpu_bf16
     # bf16 on CPU: PyTorch's CPU flash-attention kernel with a mask is slower than plain matmul + softmax
-    # at these lengths (0.38 vs 0.45 steps/s, k = 64; bench/bench_train_cpu_bf16.py); training only
+    # at these lengths (0.38 vs 0.45 steps/s on one k = 64 batch of v2's recipe, 2 threads); training only
     kernel = (lambda: sdpa_kernel(SDPBackend.MATH)) if use_amp and ctx.device.type == "cpu" else contextlib.nullcontext
     losses = []
     for m in range(accum):
