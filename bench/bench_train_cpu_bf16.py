@@ -21,21 +21,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_train import loop_seconds  # noqa: E402  (the loop's own timer, per log window)
 
 RECIPE = ROOT / "configs" / "train" / "v2-d32-gpu.yaml"
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return ",".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in flags) or "none"
 
 
 def main() -> int:
@@ -53,6 +46,7 @@ def main() -> int:
     import torch
 
     from pipeline.config import load_config
+    from pipeline.runtime import cpu_has_native_bf16
     from pipeline.train import TrainConfig, train_local
 
     torch.set_num_threads(a.threads)
@@ -64,13 +58,9 @@ def main() -> int:
     for r in range(a.repeats):
         for name in ("fp32", "bf16"):
             cfg = load_config(TrainConfig, RECIPE, base + [f"cpu_bf16={str(name == 'bf16').lower()}", f"name={name}{r}"])
-            t0 = time.time()
-            out = train_local(cfg, str(scratch / f"{name}{r}"))
-            wall = time.time() - t0
-            hist = out["history"]
-            loop_s = sum(a.log_every / h["steps_per_s"] for h in hist if "steps_per_s" in h)
+            hist = train_local(cfg, str(scratch / f"{name}{r}"))["history"]
             evals = [h for h in hist if any(k.startswith("synthetic_acc_") for k in h)]
-            runs[name].append({"steps_per_s": a.steps / loop_s, "wall_s": wall,
+            runs[name].append({"steps_per_s": a.steps / loop_seconds(hist, a.log_every),
                                "loss": {h["step"]: h["loss"] for h in hist if "loss" in h and "steps_per_s" in h},
                                "eval": {k: v for k, v in evals[-1].items() if k.startswith("synthetic_acc_")} if evals else {}})
             print(f"[bench] {name} run {r}: {runs[name][-1]['steps_per_s']:.3f} steps/s, "
@@ -79,7 +69,7 @@ def main() -> int:
     fp32, bf16 = (statistics.median(x["steps_per_s"] for x in runs[n]) for n in ("fp32", "bf16"))
     la, lb = runs["fp32"][0]["loss"], runs["bf16"][0]["loss"]
     steps = sorted(set(la) & set(lb))
-    res = {"cpu": cpu_flags(), "torch": torch.__version__, "threads": a.threads, "batch": a.batch, "steps": a.steps,
+    res = {"cpu_native_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "threads": a.threads, "batch": a.batch, "steps": a.steps,
            "recipe": str(RECIPE.relative_to(ROOT)), "fp32_steps_per_s": round(fp32, 3), "bf16_steps_per_s": round(bf16, 3),
            "ratio_bf16_over_fp32": round(bf16 / fp32, 3),
            "max_abs_loss_diff": round(max(abs(la[s] - lb[s]) for s in steps), 5),
